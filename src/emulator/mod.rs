@@ -1,0 +1,1 @@
+//! A local stand-in of the onsmqtt 2020-04-20 OpenAPI.

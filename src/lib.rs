@@ -1,0 +1,2 @@
+//! deregd: deregisters ApsaraMQ for MQTT device credentials in bulk.
+pub mod emulator;
