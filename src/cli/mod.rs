@@ -1,0 +1,91 @@
+//! The command line: one module per subcommand. Exit status: 0 success, 1 runtime failure,
+//! 2 usage or configuration error (see [`exit_code`]).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{ConfigError, LogFormat, Settings};
+
+pub mod check;
+pub mod migrate;
+pub mod run;
+
+/// Bulk deregistration of ApsaraMQ for MQTT device credentials.
+#[derive(Debug, Parser)]
+#[command(name = "deregd", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (TOML); also $DEREGD_CONFIG.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log format: text or json (overrides log.format).
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Dispatch pending jobs: paced, signed calls; outcomes recorded (the service).
+    Run(run::RunArgs),
+    /// Create or upgrade the database, then exit.
+    Migrate,
+    /// Validate the configuration, database and credentials; print the effective settings.
+    Check(check::CheckArgs),
+    /// Serve a local emulator of the onsmqtt API (for rehearsals and tests).
+    Emulator(crate::cli_emulator::EmulatorArgs),
+}
+
+/// A usage error found after parsing (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The exit status for an error: 2 for usage and configuration problems, 1 otherwise.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<ConfigError>().is_some()
+        || error.downcast_ref::<UsageError>().is_some()
+        || error
+            .downcast_ref::<crate::dispatcher::AlreadyRunning>()
+            .is_some()
+    {
+        2
+    } else {
+        1
+    }
+}
+
+/// Loads settings and installs logging the way every subcommand does.
+pub fn load_settings(cli: &Cli) -> Result<Settings, ConfigError> {
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    if let Some(format) = cli.log_format {
+        settings.log.format = match format {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        };
+    }
+    Ok(settings)
+}
+
+/// Runs the parsed command line.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Emulator(args) = cli.command {
+        crate::telemetry::init(LogFormat::Text, "info");
+        return crate::cli_emulator::run(args).await;
+    }
+    let settings = load_settings(&cli)?;
+    crate::telemetry::init(settings.log.format, &settings.log.level);
+    match cli.command {
+        Command::Run(args) => run::run(settings, args).await,
+        Command::Migrate => migrate::run(settings).await,
+        Command::Check(args) => check::run(settings, args).await,
+        Command::Emulator(_) => unreachable!("handled above"),
+    }
+}

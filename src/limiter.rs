@@ -1,0 +1,352 @@
+//! Pacing: the account-wide ceiling (`limits.qps`, never exceeded in any sliding second), the
+//! per-instance caps, and the adaptive rate that drops on throttling signals and regrows on a
+//! cubic curve (AWS "adaptive" mode). Calls are spaced evenly by governor's GCRA, never sent in
+//! per-second batches; the burst is taken out of the steady rate so `burst + rate <= qps`.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::config::LimitsSettings;
+
+/// Headroom kept under a ceiling, so scheduling jitter cannot push one more call into a second.
+pub const PACING_MARGIN: f64 = 0.002;
+/// Multiplier applied to the rate on a throttling signal.
+pub const CUT_FACTOR: f64 = 0.7;
+/// Cubic regrowth constant (calls/s per s^3), as in AWS's adaptive retry mode.
+pub const CUBIC_C: f64 = 0.4;
+/// The rate never drops below this, calls per second.
+pub const FLOOR_RATE: f64 = 1.0;
+
+/// The GCRA quota that keeps any sliding second at or under `ceiling` calls with `burst`
+/// calls allowed back to back: a burst of B then one call per period gives at most
+/// `B - 1 + 1s/period` calls in any second.
+pub fn quota_for(ceiling: f64, burst: u32) -> Quota {
+    let burst = burst.max(1);
+    let steady = ((ceiling - (burst as f64 - 1.0)) / (1.0 + PACING_MARGIN)).max(0.1);
+    let period = Duration::from_secs_f64(1.0 / steady);
+    Quota::with_period(period)
+        .expect("period is positive")
+        .allow_burst(NonZeroU32::new(burst).expect("burst >= 1"))
+}
+
+/// The adaptive rate as a pure function of time (seconds since any fixed origin).
+#[derive(Debug, Clone)]
+pub struct AdaptiveRate {
+    ceiling: f64,
+    /// Rate just before the last cut; regrowth is a cubic centred on it.
+    last_max: f64,
+    /// Time of the last cut, seconds.
+    last_cut: Option<f64>,
+    current: f64,
+}
+
+impl AdaptiveRate {
+    pub fn new(ceiling: f64) -> AdaptiveRate {
+        AdaptiveRate {
+            ceiling,
+            last_max: ceiling,
+            last_cut: None,
+            current: ceiling,
+        }
+    }
+
+    /// A throttling signal at `now`. `accepted` is how many calls the gateway accepted over the
+    /// last second: when it is lower than the current rate, it is the better estimate of what
+    /// the gateway allows. Returns the new rate.
+    pub fn cut(&mut self, now: f64, accepted: f64) -> f64 {
+        let from = self.rate_at(now).min(accepted.max(FLOOR_RATE));
+        self.last_max = from;
+        self.current = (from * CUT_FACTOR).max(FLOOR_RATE);
+        self.last_cut = Some(now);
+        self.current
+    }
+
+    /// The rate at `now`: the cubic `last_max + C (t - K)^3` since the last cut, capped.
+    pub fn rate_at(&self, now: f64) -> f64 {
+        let Some(cut_at) = self.last_cut else {
+            return self.current.min(self.ceiling);
+        };
+        let k = (self.last_max * (1.0 - CUT_FACTOR) / CUBIC_C).cbrt();
+        let t = (now - cut_at).max(0.0);
+        let rate = self.last_max + CUBIC_C * (t - k).powi(3);
+        rate.clamp(FLOOR_RATE, self.ceiling)
+    }
+
+    /// Time of the last cut, seconds.
+    pub fn last_cut(&self) -> Option<f64> {
+        self.last_cut
+    }
+
+    pub fn ceiling(&self) -> f64 {
+        self.ceiling
+    }
+
+    /// A new ceiling (SIGHUP); the current curve is kept under it.
+    pub fn set_ceiling(&mut self, ceiling: f64) {
+        self.ceiling = ceiling;
+        self.last_max = self.last_max.min(ceiling);
+        self.current = self.current.min(ceiling);
+    }
+}
+
+/// Counts events over the last second in 100 ms buckets (accepted calls, for the cut estimate).
+#[derive(Debug, Default)]
+struct SlidingCount {
+    buckets: [(u64, u32); 10],
+}
+
+impl SlidingCount {
+    fn add(&mut self, tenth: u64) {
+        let slot = &mut self.buckets[(tenth % 10) as usize];
+        if slot.0 != tenth {
+            *slot = (tenth, 0);
+        }
+        slot.1 += 1;
+    }
+
+    fn total(&self, tenth: u64) -> u32 {
+        self.buckets
+            .iter()
+            .filter(|(t, _)| *t + 10 > tenth && *t <= tenth)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// The dispatcher's pacing: one account limiter, per-instance caps, the adaptive rate.
+pub struct Pacer {
+    burst: u32,
+    adaptive: AdaptiveRate,
+    /// The rate the account limiter was built for, calls/s.
+    applied: f64,
+    account: DefaultDirectRateLimiter,
+    instances: HashMap<String, DefaultDirectRateLimiter>,
+    caps: HashMap<String, i64>,
+    origin: Instant,
+    accepted: SlidingCount,
+    /// No call before this (an `x-acs-retry-after` answer).
+    not_before: Option<Instant>,
+}
+
+impl Pacer {
+    pub fn new(limits: &LimitsSettings) -> Pacer {
+        let ceiling = limits.qps as f64;
+        let burst = limits.burst as u32;
+        let mut pacer = Pacer {
+            burst,
+            adaptive: AdaptiveRate::new(ceiling),
+            applied: ceiling,
+            account: RateLimiter::direct(quota_for(ceiling, burst)),
+            instances: HashMap::new(),
+            caps: HashMap::new(),
+            origin: Instant::now(),
+            accepted: SlidingCount::default(),
+            not_before: None,
+        };
+        pacer.set_caps(&limits.instance_tps);
+        pacer
+    }
+
+    fn set_caps(&mut self, caps: &std::collections::BTreeMap<String, i64>) {
+        self.instances = caps
+            .iter()
+            .map(|(id, cap)| (id.clone(), RateLimiter::direct(quota_for(*cap as f64, 1))))
+            .collect();
+        self.caps = caps.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    }
+
+    /// Applies reloaded `limits.*` (SIGHUP).
+    pub fn reload(&mut self, limits: &LimitsSettings) {
+        self.burst = limits.burst as u32;
+        self.adaptive.set_ceiling(limits.qps as f64);
+        self.set_caps(&limits.instance_tps);
+        self.rebuild(self.adaptive.rate_at(self.now()));
+    }
+
+    fn now(&self) -> f64 {
+        self.origin.elapsed().as_secs_f64()
+    }
+
+    fn tenth(&self) -> u64 {
+        (self.origin.elapsed().as_millis() / 100) as u64
+    }
+
+    /// Current target rate, calls per second.
+    pub fn rate(&self) -> f64 {
+        self.applied
+    }
+
+    /// Configured ceiling, calls per second.
+    pub fn ceiling(&self) -> f64 {
+        self.adaptive.ceiling()
+    }
+
+    /// Waits until the account limiter allows one call (and any retry-after has passed).
+    pub async fn until_ready(&mut self) {
+        self.regrow();
+        if let Some(at) = self.not_before.take() {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        self.account.until_ready().await;
+    }
+
+    /// Takes one call from `instance_id`'s cap. `Err(wait)` when the cap allows none now.
+    pub fn take_instance(&self, instance_id: &str) -> Result<(), Duration> {
+        match self.instances.get(instance_id) {
+            None => Ok(()),
+            Some(limiter) => limiter
+                .check()
+                .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now())),
+        }
+    }
+
+    /// True when `instance_id` has a cap.
+    pub fn is_capped(&self, instance_id: &str) -> bool {
+        self.caps.contains_key(instance_id)
+    }
+
+    /// An accepted (not throttled) answer.
+    pub fn on_accepted(&mut self) {
+        let tenth = self.tenth();
+        self.accepted.add(tenth);
+    }
+
+    /// A throttling signal for a call sent at `sent_at`. Signals from calls sent before the last
+    /// cut are ignored: they tell of the old rate. Returns the new rate when it was cut.
+    pub fn on_slow_down(&mut self, sent_at: Instant, retry_after: Option<Duration>) -> Option<f64> {
+        if let Some(wait) = retry_after {
+            let until = Instant::now() + wait.min(Duration::from_secs(60));
+            self.not_before = Some(self.not_before.map_or(until, |t| t.max(until)));
+        }
+        let sent = sent_at.saturating_duration_since(self.origin).as_secs_f64();
+        if self.adaptive.last_cut().is_some_and(|cut| sent < cut) {
+            return None;
+        }
+        let accepted = self.accepted.total(self.tenth()) as f64;
+        let now = self.now();
+        let rate = self.adaptive.cut(now, accepted);
+        self.rebuild(rate);
+        Some(rate)
+    }
+
+    /// Follows the regrowth curve; rebuilds the limiter when the rate moved enough to matter.
+    pub fn regrow(&mut self) {
+        let rate = self.adaptive.rate_at(self.now());
+        if (rate - self.applied).abs() >= (self.applied * 0.02).max(0.5)
+            || (rate >= self.adaptive.ceiling() && self.applied < rate)
+        {
+            self.rebuild(rate);
+        }
+    }
+
+    fn rebuild(&mut self, rate: f64) {
+        let burst = if rate < self.adaptive.ceiling() {
+            1
+        } else {
+            self.burst
+        };
+        self.account = RateLimiter::direct(quota_for(rate, burst));
+        // A fresh limiter starts with its burst available; spend it, as if a call just left.
+        let _ = self
+            .account
+            .check_n(NonZeroU32::new(burst).expect("burst >= 1"));
+        self.applied = rate;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    /// Greedy caller: asks every 100 us for 5 fake seconds; returns the allowed call times.
+    fn drive(quota: Quota) -> Vec<Duration> {
+        let clock = FakeRelativeClock::default();
+        let limiter = RateLimiter::direct_with_clock(quota, clock.clone());
+        let mut times = Vec::new();
+        let step = Duration::from_micros(100);
+        let mut t = Duration::ZERO;
+        while t < Duration::from_secs(5) {
+            while limiter.check().is_ok() {
+                times.push(t);
+            }
+            clock.advance(step);
+            t += step;
+        }
+        times
+    }
+
+    fn max_in_sliding_second(times: &[Duration]) -> usize {
+        let mut best = 0;
+        let mut start = 0;
+        for end in 0..times.len() {
+            while times[end] - times[start] >= Duration::from_secs(1) {
+                start += 1;
+            }
+            best = best.max(end - start + 1);
+        }
+        best
+    }
+
+    #[test]
+    fn no_sliding_second_exceeds_the_ceiling_with_a_burst() {
+        for (qps, burst) in [(100.0, 1), (100.0, 2), (280.0, 2), (490.0, 2), (280.0, 20)] {
+            let times = drive(quota_for(qps, burst));
+            let max = max_in_sliding_second(&times);
+            assert!(max <= qps as usize, "qps {qps} burst {burst}: {max}");
+            // And the budget is used: at least 99 % of the ceiling over the steady seconds.
+            let steady = times.iter().filter(|t| t.as_secs() >= 1).count() as f64 / 4.0;
+            assert!(
+                steady >= qps * 0.99 - burst as f64,
+                "qps {qps} burst {burst}: {steady}/s"
+            );
+        }
+    }
+
+    #[test]
+    fn a_naive_burst_equal_to_the_rate_would_overshoot() {
+        // What NOTES.md warns of: per_second(N) has a burst of N and lets ~2N through.
+        let times = drive(Quota::per_second(NonZeroU32::new(100).unwrap()));
+        assert!(max_in_sliding_second(&times) > 150);
+    }
+
+    #[test]
+    fn throttling_cuts_to_what_the_gateway_accepted_then_regrows() {
+        let mut rate = AdaptiveRate::new(300.0);
+        assert_eq!(rate.rate_at(0.0), 300.0);
+        let cut = rate.cut(10.0, 100.0);
+        assert!((cut - 70.0).abs() < 1e-9, "{cut}");
+        assert!(rate.rate_at(10.5) < 80.0);
+        // Back near the accepted rate after K seconds, flat around it, then probing upwards.
+        let k = (100.0f64 * 0.3 / CUBIC_C).cbrt();
+        assert!((rate.rate_at(10.0 + k) - 100.0).abs() < 1e-6);
+        assert!(rate.rate_at(10.0 + k + 1.0) < 101.0);
+        assert!(rate.rate_at(10.0 + k + 20.0) > 150.0);
+        assert_eq!(rate.rate_at(1000.0), 300.0);
+    }
+
+    #[test]
+    fn the_rate_never_falls_below_the_floor() {
+        let mut rate = AdaptiveRate::new(10.0);
+        for i in 0..50 {
+            rate.cut(i as f64, 0.0);
+        }
+        assert!(rate.rate_at(50.0) >= FLOOR_RATE);
+    }
+
+    #[test]
+    fn sliding_count_forgets_after_a_second() {
+        let mut c = SlidingCount::default();
+        for t in 0..10 {
+            c.add(t);
+            c.add(t);
+        }
+        assert_eq!(c.total(9), 20);
+        assert_eq!(c.total(14), 10);
+        assert_eq!(c.total(30), 0);
+    }
+}

@@ -1,0 +1,395 @@
+//! The ONE place that decides what an API answer means for a job: succeeded, not_found, retry
+//! later, permanent failure, or a pause (the credentials, clock, permissions or API are wrong, so
+//! every job would fail alike and none must be burnt). Everything else acts on [`Outcome`].
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::api::{Answer, TransportError};
+
+/// Who a pause applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseScope {
+    /// Every call of this account would fail alike.
+    Account,
+    /// Calls on this job's instance would fail alike.
+    Instance,
+}
+
+/// What one call's answer means.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// HTTP 2xx with a RequestId: the credential is gone, and the call was billed.
+    Succeeded { request_id: Option<String> },
+    /// DeviceCredentialNotFound: the goal state already holds.
+    NotFound {
+        request_id: Option<String>,
+        message: String,
+    },
+    /// Transient: call again later. `slow_down` asks the pacing to cut its rate.
+    Retry {
+        code: String,
+        message: String,
+        request_id: Option<String>,
+        slow_down: bool,
+        retry_after: Option<Duration>,
+    },
+    /// This job's input is bad: retrying cannot help.
+    Permanent {
+        code: String,
+        message: String,
+        request_id: Option<String>,
+    },
+    /// Stop dispatching (account or instance); the job stays pending, its attempt not counted.
+    Pause {
+        scope: PauseScope,
+        code: String,
+        message: String,
+        request_id: Option<String>,
+        /// What the operator should check.
+        hint: &'static str,
+    },
+}
+
+impl Outcome {
+    pub fn code(&self) -> &str {
+        match self {
+            Outcome::Succeeded { .. } => "OK",
+            Outcome::NotFound { .. } => "DeviceCredentialNotFound",
+            Outcome::Retry { code, .. }
+            | Outcome::Permanent { code, .. }
+            | Outcome::Pause { code, .. } => code,
+        }
+    }
+}
+
+/// Classified answer plus whether the call was billed (HTTP 2xx, whatever the body).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classified {
+    pub outcome: Outcome,
+    /// True when the gateway answered 2xx: the call added one to the instance's TPS.
+    pub billed: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Body {
+    request_id: Option<String>,
+    code: Option<String>,
+    message: Option<String>,
+}
+
+/// Longest message kept from an answer, characters.
+const MAX_MESSAGE: usize = 300;
+
+/// Maps an answer (or its absence) to an [`Outcome`].
+pub fn classify(answer: &Result<Answer, TransportError>) -> Classified {
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(error) => {
+            let code = match error {
+                TransportError::Timeout => "Timeout",
+                TransportError::Connect(_) => "ConnectError",
+                TransportError::Broken(_) => "ConnectionBroken",
+            };
+            return Classified {
+                outcome: Outcome::Retry {
+                    code: code.into(),
+                    message: shorten(&error.to_string()),
+                    request_id: None,
+                    slow_down: false,
+                    retry_after: None,
+                },
+                billed: false,
+            };
+        }
+    };
+    let billed = (200..300).contains(&answer.status);
+    let body: Option<Body> = serde_json::from_slice(&answer.body).ok();
+    let request_id = body
+        .as_ref()
+        .and_then(|b| b.request_id.clone())
+        .or_else(|| answer.request_id.clone());
+    let outcome = match body {
+        Some(Body {
+            code: None,
+            request_id: Some(_),
+            ..
+        }) if billed => Outcome::Succeeded { request_id },
+        Some(Body {
+            code: Some(code),
+            message,
+            ..
+        }) => by_code(
+            answer,
+            code,
+            clean_message(message.as_deref().unwrap_or("")),
+            request_id,
+        ),
+        _ => {
+            // Not the JSON it should be: a proxy's HTML page, a truncated body, nothing at all.
+            let what = if answer.body.is_empty() {
+                "empty body".to_string()
+            } else {
+                format!(
+                    "unexpected body: {}",
+                    shorten(&String::from_utf8_lossy(&answer.body))
+                )
+            };
+            Outcome::Retry {
+                code: format!("HTTP{}", answer.status),
+                message: format!("HTTP {} with {what}", answer.status),
+                request_id,
+                slow_down: matches!(answer.status, 429 | 503),
+                retry_after: answer.retry_after,
+            }
+        }
+    };
+    Classified { outcome, billed }
+}
+
+fn by_code(answer: &Answer, code: String, message: String, request_id: Option<String>) -> Outcome {
+    let retry = |slow_down: bool| Outcome::Retry {
+        code: code.clone(),
+        message: message.clone(),
+        request_id: request_id.clone(),
+        slow_down,
+        retry_after: answer.retry_after,
+    };
+    let pause = |scope: PauseScope, hint: &'static str| Outcome::Pause {
+        scope,
+        code: code.clone(),
+        message: message.clone(),
+        request_id: request_id.clone(),
+        hint,
+    };
+    let permanent = || Outcome::Permanent {
+        code: code.clone(),
+        message: message.clone(),
+        request_id: request_id.clone(),
+    };
+    match code.as_str() {
+        "DeviceCredentialNotFound" => Outcome::NotFound {
+            request_id,
+            message,
+        },
+        c if c.starts_with("Throttling") => retry(true),
+        "SystemOverFlow" | "ApplyTokenOverFlow" | "ServiceUnavailable" => retry(true),
+        "InternalError" | "SignatureNonceUsed" => retry(false),
+        "ParameterCheckFailed" | "MissingParameter" => permanent(),
+        c if c.starts_with("InvalidParameter") || c.starts_with("Missing") => permanent(),
+        "SignatureDoesNotMatch" | "IncompleteSignature" => pause(
+            PauseScope::Account,
+            "check ALIBABA_CLOUD_ACCESS_KEY_SECRET (and api.signature)",
+        ),
+        c if c.starts_with("InvalidAccessKeyId") => pause(
+            PauseScope::Account,
+            "check ALIBABA_CLOUD_ACCESS_KEY_ID: the key is unknown or disabled",
+        ),
+        c if c.starts_with("InvalidSecurityToken") => pause(
+            PauseScope::Account,
+            "refresh ALIBABA_CLOUD_SECURITY_TOKEN: the STS token is expired or wrong",
+        ),
+        c if c.starts_with("InvalidTimeStamp") => pause(
+            PauseScope::Account,
+            "check this host's clock (NTP): the gateway allows 15 minutes of skew",
+        ),
+        "CheckAccountInfoFailed" => pause(
+            PauseScope::Account,
+            "check the account and its STS token in the vendor console",
+        ),
+        "Forbidden.RAM" => pause(
+            PauseScope::Account,
+            "grant the RAM user permission for onsmqtt:UnRegisterDeviceCredential",
+        ),
+        "ApiNotSupport" | "InvalidAction.NotFound" | "InvalidApi.NotFound" | "InvalidVersion" => {
+            pause(
+                PauseScope::Account,
+                "check api.endpoint: the region or instance type may not support this API",
+            )
+        }
+        "InstancePermissionCheckFailed" | "PermissionCheckFailed" => pause(
+            PauseScope::Instance,
+            "grant the RAM user permission on this instance and its GroupIds",
+        ),
+        _ if answer.status >= 500 || answer.status == 429 => {
+            retry(matches!(answer.status, 429 | 503))
+        }
+        // An unknown 4xx code: retry, so a transient oddity does not fail the job outright;
+        // retry.max_attempts bounds it.
+        _ => retry(false),
+    }
+}
+
+/// Drops the gateway's echo of the string to sign (with V2 it holds the STS token) and bounds
+/// the length, so a message is safe to store and log.
+fn clean_message(message: &str) -> String {
+    let message = match message.find(" server string to sign is:") {
+        Some(at) => &message[..at],
+        None => message,
+    };
+    shorten(message)
+}
+
+fn shorten(text: &str) -> String {
+    let text = text.trim();
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_MESSAGE)
+        .collect();
+    if text.chars().count() > MAX_MESSAGE {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str) -> Result<Answer, TransportError> {
+        Ok(Answer {
+            status,
+            body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+            request_id: Some("HDR-ID".into()),
+            retry_after: None,
+        })
+    }
+
+    fn error_body(code: &str) -> String {
+        format!(
+            r#"{{"RequestId":"R1","Message":"m","HostId":"h","Code":"{code}","Recommend":"r"}}"#
+        )
+    }
+
+    fn kind(outcome: &Outcome) -> &'static str {
+        match outcome {
+            Outcome::Succeeded { .. } => "succeeded",
+            Outcome::NotFound { .. } => "not_found",
+            Outcome::Retry {
+                slow_down: true, ..
+            } => "retry-slow",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Permanent { .. } => "permanent",
+            Outcome::Pause {
+                scope: PauseScope::Account,
+                ..
+            } => "pause-account",
+            Outcome::Pause { .. } => "pause-instance",
+        }
+    }
+
+    #[test]
+    fn every_documented_code_maps_to_its_class() {
+        let table = [
+            (400, "ApplyTokenOverFlow", "retry-slow"),
+            (400, "CheckAccountInfoFailed", "pause-account"),
+            (400, "InstancePermissionCheckFailed", "pause-instance"),
+            (400, "ParameterCheckFailed", "permanent"),
+            (400, "PermissionCheckFailed", "pause-instance"),
+            (400, "InvalidParameter.ClientId", "permanent"),
+            (400, "DeviceCredentialNotFound", "not_found"),
+            (404, "ApiNotSupport", "pause-account"),
+            (500, "InternalError", "retry"),
+            (500, "SystemOverFlow", "retry-slow"),
+            (400, "Throttling.User", "retry-slow"),
+            (400, "Throttling.Api", "retry-slow"),
+            (429, "Throttling", "retry-slow"),
+            (503, "Throttling", "retry-slow"),
+            (400, "SignatureDoesNotMatch", "pause-account"),
+            (403, "SignatureDoesNotMatch", "pause-account"),
+            (400, "IncompleteSignature", "pause-account"),
+            (404, "InvalidAccessKeyId.NotFound", "pause-account"),
+            (400, "InvalidAccessKeyId.Inactive", "pause-account"),
+            (400, "InvalidSecurityToken.Expired", "pause-account"),
+            (400, "InvalidTimeStamp.Format", "pause-account"),
+            (400, "InvalidTimeStamp.Expired", "pause-account"),
+            (400, "SignatureNonceUsed", "retry"),
+            (400, "MissingClientId", "permanent"),
+            (400, "MissingInstanceId", "permanent"),
+            (400, "MissingParameter", "permanent"),
+            (404, "InvalidAction.NotFound", "pause-account"),
+            (404, "InvalidApi.NotFound", "pause-account"),
+            (400, "InvalidVersion", "pause-account"),
+            (403, "Forbidden.RAM", "pause-account"),
+            (503, "ServiceUnavailable", "retry-slow"),
+            (502, "SomethingNew", "retry"),
+            (400, "SomethingNew", "retry"),
+        ];
+        for (status, code, expected) in table {
+            let c = classify(&answer(status, &error_body(code)));
+            assert_eq!(kind(&c.outcome), expected, "{status} {code}");
+            assert!(!c.billed, "{code} must not be billed");
+            assert_eq!(c.outcome.code(), code);
+        }
+    }
+
+    #[test]
+    fn a_json_success_is_billed_and_keeps_the_request_id() {
+        let c = classify(&answer(200, r#"{"RequestId":"E4581CCD"}"#));
+        assert_eq!(
+            c.outcome,
+            Outcome::Succeeded {
+                request_id: Some("E4581CCD".into())
+            }
+        );
+        assert!(c.billed);
+    }
+
+    #[test]
+    fn bodies_that_are_not_the_expected_json_are_retried() {
+        for (status, body) in [
+            (502, "<html><body>Bad Gateway</body></html>"),
+            (200, r#"{"RequestId":"E45"#),
+            (200, ""),
+            (200, "{}"),
+            (500, "oops"),
+        ] {
+            let c = classify(&answer(status, body));
+            assert_eq!(kind(&c.outcome), "retry", "{status} {body}");
+            assert_eq!(c.billed, status == 200);
+        }
+    }
+
+    #[test]
+    fn transport_errors_are_retried() {
+        for e in [
+            TransportError::Timeout,
+            TransportError::Connect("refused".into()),
+            TransportError::Broken("reset by peer".into()),
+        ] {
+            let c = classify(&Err(e));
+            assert_eq!(kind(&c.outcome), "retry");
+            assert!(!c.billed);
+        }
+    }
+
+    #[test]
+    fn the_echoed_string_to_sign_is_never_kept() {
+        let body = r#"{"RequestId":"R","Code":"SignatureDoesNotMatch","Message":"Specified signature is not matched with our calculation. server string to sign is:POST&%2F&SecurityToken%3DSECRET"}"#;
+        let c = classify(&answer(400, body));
+        match c.outcome {
+            Outcome::Pause { message, .. } => {
+                assert_eq!(
+                    message,
+                    "Specified signature is not matched with our calculation."
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured() {
+        let mut a = answer(400, &error_body("Throttling.User")).unwrap();
+        a.retry_after = Some(Duration::from_millis(250));
+        match classify(&Ok(a)).outcome {
+            Outcome::Retry { retry_after, .. } => {
+                assert_eq!(retry_after, Some(Duration::from_millis(250)))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! All SQL on the `jobs` table's lifecycle: claim (lease), complete, reschedule, release, rescue.
+//! Invariants: a claim is ONE atomic `UPDATE ... RETURNING`; no transaction is ever held across a
+//! network call; an outcome is written only by the process that holds the job's lease, in the
+//! same short transaction as its `tps_usage` increment (see [`crate::billing`]).
+
+use sqlx::Row;
+
+use crate::billing;
+use crate::clock::now_ms;
+use crate::db::Db;
+use crate::job::{Job, Status};
+
+/// What to write for one claimed job once its call (or its validation) is over.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub job_id: i64,
+    pub instance_id: String,
+    /// `Pending` for a retry or a release; a terminal status otherwise.
+    pub status: Status,
+    /// Whether this call counts against `retry.max_attempts`.
+    pub count_attempt: bool,
+    /// For `Pending`: when the job becomes due again, unix ms.
+    pub next_attempt_at: i64,
+    /// Replaces `last_code`/`last_message` when set.
+    pub code: Option<String>,
+    pub message: Option<String>,
+    /// Replaces `request_id` when set.
+    pub request_id: Option<String>,
+    /// The unix second of a billed (2xx) answer.
+    pub billed_second: Option<i64>,
+}
+
+/// Claims up to `limit` due jobs for `owner`, leased until `lease_until` (unix ms).
+/// Jobs of the instances in `excluded` (paused ones) are left alone.
+pub async fn claim(
+    db: &Db,
+    owner: &str,
+    limit: i64,
+    lease_until: i64,
+    excluded: &[String],
+) -> sqlx::Result<Vec<Job>> {
+    let now = now_ms();
+    let excluded = serde_json::to_string(excluded).expect("strings serialize");
+    let rows = sqlx::query(
+        "UPDATE jobs SET status = 'running', lease_owner = ?1, lease_until = ?2, updated_at = ?3
+         WHERE id IN (SELECT id FROM jobs
+                      WHERE status = 'pending' AND next_attempt_at <= ?3
+                        AND instance_id NOT IN (SELECT value FROM json_each(?5))
+                      ORDER BY next_attempt_at, id LIMIT ?4)
+         RETURNING id, instance_id, client_id, run, attempts",
+    )
+    .bind(owner)
+    .bind(lease_until)
+    .bind(now)
+    .bind(limit)
+    .bind(excluded)
+    .fetch_all(&db.writer)
+    .await?;
+    let mut jobs: Vec<Job> = rows
+        .into_iter()
+        .map(|r| Job {
+            id: r.get(0),
+            instance_id: r.get(1),
+            client_id: r.get(2),
+            run: r.get(3),
+            attempts: r.get(4),
+        })
+        .collect();
+    // RETURNING order is unspecified; keep the queue order.
+    jobs.sort_by_key(|j| j.id);
+    Ok(jobs)
+}
+
+/// Writes a batch of completions in one `BEGIN IMMEDIATE` transaction. A job is updated only if
+/// `owner` still holds its lease; a billed call is counted in `tps_usage` whatever happened to
+/// the lease, since the vendor billed it. Returns how many jobs were updated.
+pub async fn complete(db: &Db, owner: &str, batch: &[Completion]) -> sqlx::Result<u64> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let now = now_ms();
+    let mut tx = db.begin_write().await?;
+    let mut updated = 0;
+    for c in batch {
+        let finished = c.status.is_terminal().then_some(now);
+        let result = sqlx::query(
+            "UPDATE jobs SET status = ?1, attempts = attempts + ?2, next_attempt_at = ?3,
+                 last_code = COALESCE(?4, last_code), last_message = COALESCE(?5, last_message),
+                 request_id = COALESCE(?6, request_id), lease_owner = NULL, lease_until = NULL,
+                 updated_at = ?7, finished_at = ?8
+             WHERE id = ?9 AND lease_owner = ?10 AND status = 'running'",
+        )
+        .bind(c.status.as_str())
+        .bind(c.count_attempt as i64)
+        .bind(c.next_attempt_at)
+        .bind(c.code.as_deref())
+        .bind(c.message.as_deref())
+        .bind(c.request_id.as_deref())
+        .bind(now)
+        .bind(finished)
+        .bind(c.job_id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        updated += result.rows_affected();
+        if let Some(second) = c.billed_second {
+            billing::record_call(&mut *tx, &c.instance_id, second).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(updated)
+}
+
+/// Returns every job leased by `owner` to `pending` (graceful shutdown). Returns the count.
+pub async fn release_all(db: &Db, owner: &str) -> sqlx::Result<u64> {
+    let result = sqlx::query(
+        "UPDATE jobs SET status = 'pending', lease_owner = NULL, lease_until = NULL,
+             updated_at = ?2
+         WHERE status = 'running' AND lease_owner = ?1",
+    )
+    .bind(owner)
+    .bind(now_ms())
+    .execute(&db.writer)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Returns jobs whose lease has expired (a crashed or killed process) to `pending`.
+pub async fn rescue_expired(db: &Db) -> sqlx::Result<u64> {
+    let now = now_ms();
+    let result = sqlx::query(
+        "UPDATE jobs SET status = 'pending', lease_owner = NULL, lease_until = NULL,
+             updated_at = ?1
+         WHERE status = 'running' AND (lease_until IS NULL OR lease_until <= ?1)",
+    )
+    .bind(now)
+    .execute(&db.writer)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Returns every `running` job to `pending`, whoever leased it. Only for a dispatcher that holds
+/// the database's single-dispatcher lock: no other process can be calling for them.
+pub async fn rescue_all(db: &Db) -> sqlx::Result<u64> {
+    let result = sqlx::query(
+        "UPDATE jobs SET status = 'pending', lease_owner = NULL, lease_until = NULL,
+             updated_at = ?1
+         WHERE status = 'running'",
+    )
+    .bind(now_ms())
+    .execute(&db.writer)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// The earliest `next_attempt_at` among pending jobs (unix ms), if any is pending.
+pub async fn next_due(db: &Db) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "SELECT next_attempt_at FROM jobs WHERE status = 'pending'
+         ORDER BY next_attempt_at LIMIT 1",
+    )
+    .fetch_optional(&db.reader)
+    .await
+}
+
+/// True while any job is pending (due or scheduled) or running.
+pub async fn has_open_jobs(db: &Db) -> sqlx::Result<bool> {
+    let open: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM jobs WHERE status IN ('pending', 'running') LIMIT 1")
+            .fetch_optional(&db.reader)
+            .await?;
+    Ok(open.is_some())
+}
