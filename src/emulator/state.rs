@@ -1,0 +1,523 @@
+//! The emulator's mutable state: credential registry, used nonces, sliding windows and stats.
+//!
+//! All of it lives behind one `std::sync::Mutex` held only for bookkeeping (never across an
+//! await); every structure here is O(1) amortised per request and bounded in memory.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+
+/// How long a used nonce stays remembered, per key (the gateway's 15 minutes).
+pub const NONCE_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// Upper bound on remembered nonces; beyond it the oldest are forgotten early so memory stays
+/// bounded even at full speed for 15 minutes (about 100 bytes per entry).
+pub const MAX_NONCES: usize = 2_000_000;
+
+/// Upper bound on recorded arrival offsets kept for tests (accepted and successful calls each).
+pub const MAX_RECORDED_OFFSETS: usize = 1_000_000;
+
+/// Which device credentials exist, and which were removed by this emulator.
+///
+/// Either "everything well-formed is registered" (minus an optional never-registered set), or a
+/// finite list of entries, each pinned to one instance or matching any instance. A wildcard
+/// entry models a device whose instance the operator did not write down: the first successful
+/// call on any instance removes it.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    kind: RegistryKind,
+}
+
+#[derive(Debug, Clone)]
+enum RegistryKind {
+    Open {
+        never_pairs: HashSet<(String, String)>,
+        never_clients: HashSet<String>,
+        removed: HashSet<(String, String)>,
+    },
+    Finite {
+        pinned: HashSet<(String, String)>,
+        any_instance: HashSet<String>,
+    },
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::everything()
+    }
+}
+
+impl Registry {
+    /// Every well-formed `(InstanceId, ClientId)` starts registered.
+    pub fn everything() -> Registry {
+        Registry::all_except(Vec::<(String, String)>::new())
+    }
+
+    /// Everything registered except these `(InstanceId, ClientId)` pairs, which answer
+    /// `DeviceCredentialNotFound` from the first call.
+    pub fn all_except<I, S>(never_registered: I) -> Registry
+    where
+        I: IntoIterator<Item = (S, S)>,
+        S: Into<String>,
+    {
+        Registry {
+            kind: RegistryKind::Open {
+                never_pairs: never_registered
+                    .into_iter()
+                    .map(|(i, c)| (i.into(), c.into()))
+                    .collect(),
+                never_clients: HashSet::new(),
+                removed: HashSet::new(),
+            },
+        }
+    }
+
+    /// Everything registered except these ClientIds, on every instance.
+    pub fn all_except_clients<I, S>(never_registered: I) -> Registry
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Registry {
+            kind: RegistryKind::Open {
+                never_pairs: HashSet::new(),
+                never_clients: never_registered.into_iter().map(Into::into).collect(),
+                removed: HashSet::new(),
+            },
+        }
+    }
+
+    /// Only these entries are registered: `(Some(instance), client)` on that instance,
+    /// `(None, client)` on any instance (removed by the first success anywhere).
+    pub fn only<I>(entries: I) -> Registry
+    where
+        I: IntoIterator<Item = (Option<String>, String)>,
+    {
+        let mut pinned = HashSet::new();
+        let mut any_instance = HashSet::new();
+        for (instance, client) in entries {
+            match instance {
+                Some(i) => {
+                    pinned.insert((i, client));
+                }
+                None => {
+                    any_instance.insert(client);
+                }
+            }
+        }
+        Registry {
+            kind: RegistryKind::Finite {
+                pinned,
+                any_instance,
+            },
+        }
+    }
+
+    /// Parses a registry file: one `ClientId` or `InstanceId ClientId` per line; blank lines
+    /// and `#` comments are ignored.
+    pub fn parse(text: &str) -> anyhow::Result<Registry> {
+        let mut entries = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [client] => entries.push((None, client.to_string())),
+                [instance, client] => {
+                    entries.push((Some(instance.to_string()), client.to_string()))
+                }
+                _ => bail!(
+                    "registry line {}: expected `ClientId` or `InstanceId ClientId`, got {} fields",
+                    n + 1,
+                    fields.len()
+                ),
+            }
+        }
+        Ok(Registry::only(entries))
+    }
+
+    /// Reads and parses a registry file (see [`Registry::parse`]).
+    pub fn from_file(path: &Path) -> anyhow::Result<Registry> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading registry file {}", path.display()))?;
+        Registry::parse(&text).with_context(|| format!("parsing registry file {}", path.display()))
+    }
+
+    /// Whether `(instance, client)` is currently registered.
+    pub fn is_registered(&self, instance: &str, client: &str) -> bool {
+        let pair = (instance.to_string(), client.to_string());
+        match &self.kind {
+            RegistryKind::Open {
+                never_pairs,
+                never_clients,
+                removed,
+            } => {
+                !never_clients.contains(client)
+                    && !never_pairs.contains(&pair)
+                    && !removed.contains(&pair)
+            }
+            RegistryKind::Finite {
+                pinned,
+                any_instance,
+            } => pinned.contains(&pair) || any_instance.contains(client),
+        }
+    }
+
+    /// Removes `(instance, client)`; returns whether it was registered.
+    pub fn deregister(&mut self, instance: &str, client: &str) -> bool {
+        let pair = (instance.to_string(), client.to_string());
+        match &mut self.kind {
+            RegistryKind::Open {
+                never_pairs,
+                never_clients,
+                removed,
+            } => {
+                if never_clients.contains(client) || never_pairs.contains(&pair) {
+                    return false;
+                }
+                removed.insert(pair)
+            }
+            RegistryKind::Finite {
+                pinned,
+                any_instance,
+            } => pinned.remove(&pair) || any_instance.remove(client),
+        }
+    }
+
+    /// Entries still registered, or `None` when the registry is open-ended.
+    pub fn remaining(&self) -> Option<u64> {
+        match &self.kind {
+            RegistryKind::Open { .. } => None,
+            RegistryKind::Finite {
+                pinned,
+                any_instance,
+            } => Some((pinned.len() + any_instance.len()) as u64),
+        }
+    }
+}
+
+/// Remembers used `(AccessKeyId, nonce)` pairs for [`NONCE_TTL`], bounded by [`MAX_NONCES`].
+#[derive(Debug, Default)]
+pub struct NonceStore {
+    seen: HashSet<(String, String)>,
+    order: VecDeque<(Instant, (String, String))>,
+}
+
+impl NonceStore {
+    /// Records the nonce; returns `false` if it was already used within the TTL.
+    pub fn check_and_insert(&mut self, key_id: &str, nonce: &str, now: Instant) -> bool {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) >= NONCE_TTL || self.order.len() >= MAX_NONCES {
+                let (_, k) = self.order.pop_front().expect("front exists");
+                self.seen.remove(&k);
+            } else {
+                break;
+            }
+        }
+        let k = (key_id.to_string(), nonce.to_string());
+        if self.seen.contains(&k) {
+            return false;
+        }
+        self.seen.insert(k.clone());
+        self.order.push_back((now, k));
+        true
+    }
+
+    /// Number of nonces currently remembered.
+    pub fn remembered(&self) -> usize {
+        self.order.len()
+    }
+}
+
+/// Events in the last second, plus the largest count any sliding one-second window held.
+#[derive(Debug, Default, Clone)]
+pub struct SlidingWindow {
+    events: VecDeque<Instant>,
+    max: u64,
+}
+
+impl SlidingWindow {
+    fn prune(&mut self, now: Instant) {
+        while let Some(&front) = self.events.front() {
+            if now.duration_since(front) >= Duration::from_secs(1) {
+                self.events.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Events within the second before `now` (exclusive of events exactly 1 s old).
+    pub fn count(&mut self, now: Instant) -> u64 {
+        self.prune(now);
+        self.events.len() as u64
+    }
+
+    /// Records one event at `now` and updates the maximum.
+    pub fn record(&mut self, now: Instant) {
+        self.prune(now);
+        self.events.push_back(now);
+        self.max = self.max.max(self.events.len() as u64);
+    }
+
+    /// Largest number of events seen in any sliding one-second window so far.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+}
+
+/// Counts of injected faults, by kind.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// 500 `SystemOverFlow` answers.
+    pub system_overflow: u64,
+    /// 500 `InternalError` answers.
+    pub internal_error: u64,
+    /// 400 `ApplyTokenOverFlow` answers.
+    pub apply_token_overflow: u64,
+    /// Connections reset without an answer.
+    pub reset: u64,
+    /// Requests left unanswered for `hang_ms`, then closed.
+    pub hang: u64,
+    /// HTML 502 pages.
+    pub malformed_html: u64,
+    /// 200 answers with a truncated JSON body.
+    pub malformed_truncated: u64,
+    /// 200 answers with an empty body.
+    pub malformed_empty: u64,
+}
+
+/// A snapshot of what the emulator saw. Also served as JSON at `GET /__emulator/stats`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Stats {
+    /// Every API request that reached the emulator (the stats endpoint excluded).
+    pub total_requests: u64,
+    /// Answers per error `Code`; successful deregistrations count under `"OK"`.
+    pub by_code: BTreeMap<String, u64>,
+    /// Successful deregistrations (HTTP 200 with a RequestId, not faulted).
+    pub successes: u64,
+    /// Successful deregistrations per InstanceId.
+    pub successes_by_instance: BTreeMap<String, u64>,
+    /// Requests that passed authentication and throttling.
+    pub accepted: u64,
+    /// Most accepted requests in any sliding one-second window, all keys together.
+    pub max_accepted_per_sliding_second: u64,
+    /// Most accepted requests in any sliding one-second window, per AccessKeyId.
+    pub max_accepted_per_sliding_second_by_key: BTreeMap<String, u64>,
+    /// Most arrivals (any outcome) in any sliding one-second window.
+    pub max_arrivals_per_sliding_second: u64,
+    /// Most arrivals with a known AccessKeyId in any sliding one-second window, per key.
+    pub max_arrivals_per_sliding_second_by_key: BTreeMap<String, u64>,
+    /// Most successful deregistrations in any sliding one-second window (what billing sees).
+    pub max_successes_per_sliding_second: u64,
+    /// `SignatureDoesNotMatch` answers.
+    pub signature_failures: u64,
+    /// Throttled answers (per-key and per-IP together).
+    pub throttled: u64,
+    /// Throttled answers caused by the per-IP limit.
+    pub throttled_by_ip: u64,
+    /// Faults injected, per kind.
+    pub faults_injected: FaultCounts,
+    /// Deregistrations that happened server-side although the client got a fault.
+    pub deregistered_under_fault: u64,
+    /// All deregistrations that happened server-side (successes plus those under a fault).
+    pub deregistered: u64,
+    /// Registered credentials remaining, when the registry is finite.
+    pub registry_remaining: Option<u64>,
+    /// Nonces currently remembered (bounded by the TTL and a hard cap).
+    pub nonces_remembered: u64,
+}
+
+/// Everything mutable, guarded by one mutex in the server.
+#[derive(Debug)]
+pub struct State {
+    /// When the emulator started; recorded offsets are relative to it.
+    pub started: Instant,
+    /// The credential registry.
+    pub registry: Registry,
+    /// Used nonces.
+    pub nonces: NonceStore,
+    /// Accepted calls per key, for throttling and the per-key maximum.
+    pub accepted_by_key: HashMap<String, SlidingWindow>,
+    /// Accepted calls per source IP, for the per-IP limit.
+    pub accepted_by_ip: HashMap<std::net::IpAddr, SlidingWindow>,
+    /// Accepted calls, all keys together.
+    pub accepted_all: SlidingWindow,
+    /// Arrivals per key.
+    pub arrivals_by_key: HashMap<String, SlidingWindow>,
+    /// All arrivals.
+    pub arrivals_all: SlidingWindow,
+    /// Successful deregistrations.
+    pub successes_all: SlidingWindow,
+    /// Offsets since `started` of accepted calls, capped at [`MAX_RECORDED_OFFSETS`].
+    pub accepted_offsets: Vec<Duration>,
+    /// Offsets since `started` of successful deregistrations, capped likewise.
+    pub success_offsets: Vec<Duration>,
+    /// Counters reported in [`Stats`].
+    pub stats: Stats,
+}
+
+impl State {
+    /// Fresh state around `registry`.
+    pub fn new(registry: Registry) -> State {
+        State {
+            started: Instant::now(),
+            registry,
+            nonces: NonceStore::default(),
+            accepted_by_key: HashMap::new(),
+            accepted_by_ip: HashMap::new(),
+            accepted_all: SlidingWindow::default(),
+            arrivals_by_key: HashMap::new(),
+            arrivals_all: SlidingWindow::default(),
+            successes_all: SlidingWindow::default(),
+            accepted_offsets: Vec::new(),
+            success_offsets: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Counts one answer with `code` (`"OK"` for success).
+    pub fn count_code(&mut self, code: &str) {
+        *self.stats.by_code.entry(code.to_string()).or_default() += 1;
+    }
+
+    /// Records an arrival; `key_id` once the key is known.
+    pub fn record_arrival(&mut self, now: Instant) {
+        self.stats.total_requests += 1;
+        self.arrivals_all.record(now);
+    }
+
+    /// Records an arrival attributed to a known key.
+    pub fn record_key_arrival(&mut self, key_id: &str, now: Instant) {
+        self.arrivals_by_key
+            .entry(key_id.to_string())
+            .or_default()
+            .record(now);
+    }
+
+    /// Records a successful deregistration on `instance`.
+    pub fn record_success(&mut self, instance: &str, now: Instant) {
+        self.stats.successes += 1;
+        *self
+            .stats
+            .successes_by_instance
+            .entry(instance.to_string())
+            .or_default() += 1;
+        self.successes_all.record(now);
+        if self.success_offsets.len() < MAX_RECORDED_OFFSETS {
+            self.success_offsets.push(now.duration_since(self.started));
+        }
+    }
+
+    /// A consistent snapshot of the counters.
+    pub fn snapshot(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.max_accepted_per_sliding_second = self.accepted_all.max();
+        s.max_arrivals_per_sliding_second = self.arrivals_all.max();
+        s.max_successes_per_sliding_second = self.successes_all.max();
+        s.max_accepted_per_sliding_second_by_key = self
+            .accepted_by_key
+            .iter()
+            .map(|(k, w)| (k.clone(), w.max()))
+            .collect();
+        s.max_arrivals_per_sliding_second_by_key = self
+            .arrivals_by_key
+            .iter()
+            .map(|(k, w)| (k.clone(), w.max()))
+            .collect();
+        s.registry_remaining = self.registry.remaining();
+        s.nonces_remembered = self.nonces.remembered() as u64;
+        s
+    }
+}
+
+/// Largest number of `offsets` falling in any half-open window `[t, t + window)`.
+/// `offsets` must be sorted ascending (as recorded).
+pub fn max_in_window(offsets: &[Duration], window: Duration) -> usize {
+    let mut best = 0;
+    let mut start = 0;
+    for (end, &t) in offsets.iter().enumerate() {
+        while t.saturating_sub(offsets[start]) >= window {
+            start += 1;
+        }
+        best = best.max(end + 1 - start);
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_registry_removes_once_and_honours_never_registered() {
+        let mut r = Registry::all_except(vec![("inst", "GID_never@@@x")]);
+        assert!(r.is_registered("inst", "GID_test@@@a"));
+        assert!(r.deregister("inst", "GID_test@@@a"));
+        assert!(!r.deregister("inst", "GID_test@@@a"));
+        assert!(r.deregister("other", "GID_test@@@a"));
+        assert!(!r.deregister("inst", "GID_never@@@x"));
+        assert!(r.deregister("other", "GID_never@@@x"));
+        assert_eq!(r.remaining(), None);
+        let mut c = Registry::all_except_clients(["GID_never@@@x"]);
+        assert!(!c.deregister("any", "GID_never@@@x"));
+    }
+
+    #[test]
+    fn registry_file_parses_pinned_and_wildcard_lines() {
+        let mut r = Registry::parse(
+            "# devices\n\nGID_a@@@1\n  mqtt-1  GID_b@@@2  # trailing\nmqtt-2 GID_c@@@3\n",
+        )
+        .unwrap();
+        assert_eq!(r.remaining(), Some(3));
+        assert!(!r.deregister("mqtt-2", "GID_b@@@2"));
+        assert!(r.deregister("mqtt-1", "GID_b@@@2"));
+        assert!(r.deregister("whatever", "GID_a@@@1"));
+        assert!(!r.deregister("mqtt-1", "GID_a@@@1"));
+        assert_eq!(r.remaining(), Some(1));
+        let err = Registry::parse("a b c\n").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn nonces_are_refused_within_ttl_and_forgotten_after() {
+        let mut n = NonceStore::default();
+        let t0 = Instant::now();
+        assert!(n.check_and_insert("k", "n1", t0));
+        assert!(!n.check_and_insert("k", "n1", t0 + Duration::from_secs(60)));
+        assert!(n.check_and_insert("other", "n1", t0));
+        assert!(n.check_and_insert("k", "n1", t0 + NONCE_TTL + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn sliding_window_tracks_the_busiest_second() {
+        let mut w = SlidingWindow::default();
+        let t0 = Instant::now();
+        for i in 0..10 {
+            w.record(t0 + Duration::from_millis(i * 100));
+        }
+        assert_eq!(w.max(), 10);
+        w.record(t0 + Duration::from_millis(1000));
+        assert_eq!(w.max(), 10);
+        assert_eq!(w.count(t0 + Duration::from_millis(1950)), 1);
+    }
+
+    #[test]
+    fn max_in_window_counts_half_open_windows() {
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&m| Duration::from_millis(m))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            max_in_window(&ms(&[0, 500, 999, 1000, 1500]), Duration::from_secs(1)),
+            3
+        );
+        assert_eq!(max_in_window(&[], Duration::from_secs(1)), 0);
+    }
+}
