@@ -433,3 +433,117 @@ impl Credentials {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_toml(text: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deregd.toml");
+        std::fs::write(&path, text).unwrap();
+        Settings::load_from(Some(&path), &BTreeMap::new())
+    }
+
+    #[test]
+    fn the_documented_defaults_load_and_validate() {
+        let s = Settings::load_from(None, &BTreeMap::new()).unwrap();
+        assert_eq!(s.database.path, PathBuf::from("deregd.db"));
+        assert_eq!(s.api.endpoint, "https://onsmqtt.cn-hangzhou.aliyuncs.com");
+        assert_eq!(s.api.signature, SignatureVersion::V3);
+        assert_eq!((s.api.connect_timeout_ms, s.api.request_timeout_ms), (5000, 10000));
+        assert_eq!(s.limits.qps, 280);
+        assert!(s.limits.instance_tps.is_empty());
+    }
+
+    #[test]
+    fn env_vars_override_the_file_which_overrides_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.toml");
+        std::fs::write(
+            &path,
+            "[limits]\nqps = 200\n[limits.instance_tps]\n\"post-cn-0pp12gl0001\" = 50\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(Some(&path), &env(&[("DEREGD_LIMITS__QPS", "300")])).unwrap();
+        assert_eq!(s.limits.qps, 300);
+        assert_eq!(s.limits.instance_tps.get("post-cn-0pp12gl0001"), Some(&50));
+        let via_env = Settings::load_from(
+            None,
+            &env(&[
+                ("DEREGD_CONFIG", path.to_str().unwrap()),
+                ("DEREGD_API__SIGNATURE", "v2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(via_env.limits.qps, 200);
+        assert_eq!(via_env.api.signature, SignatureVersion::V2);
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_key() {
+        let cases = [
+            ("[limits]\nqps = 600\n", "limits.qps", "500"),
+            ("[limits]\nqps = 500\n", "limits.qps", "500"),
+            ("[limits]\nqps = 0\n", "limits.qps", ""),
+            ("[api]\nrequest_timeout_ms = -5\n", "api.request_timeout_ms", ""),
+            ("[api]\nendpoint = \"http://example.com\"\n", "api.endpoint", "https"),
+            ("[api]\nendpoint = \"nonsense\"\n", "api.endpoint", ""),
+            ("[retry]\nmax_attempts = 0\n", "retry.max_attempts", ""),
+            ("[limits.instance_tps]\n\"post-cn-x\" = 0\n", "limits.instance_tps.post-cn-x", ""),
+            ("[worker]\nlease_secs = 5\n", "worker.lease_secs", "request_timeout"),
+        ];
+        for (toml, key, needle) in cases {
+            let err = load_toml(toml).expect_err(toml);
+            assert_eq!(err.key, key, "{toml}: {err}");
+            assert!(err.to_string().contains(needle), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_broken_toml_and_wrong_types_are_refused() {
+        let err = load_toml("[limits]\nqpss = 10\n").unwrap_err();
+        assert!(err.to_string().contains("qpss"), "{err}");
+        let err = load_toml("[limits\nqps = 10\n").unwrap_err();
+        assert!(err.to_string().contains("line"), "{err}");
+        let err = load_toml("[limits]\nqps = \"fast\"\n").unwrap_err();
+        assert!(err.to_string().contains("qps"), "{err}");
+        let err = Settings::load_from(None, &env(&[("DEREGD_LIMITS__QPS", "lots")])).unwrap_err();
+        assert!(err.to_string().contains("qps"), "{err}");
+    }
+
+    #[test]
+    fn http_is_allowed_only_to_loopback() {
+        for ok in ["http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:9"] {
+            validate_endpoint(ok).unwrap();
+        }
+        assert!(validate_endpoint("http://10.0.0.1").is_err());
+    }
+
+    #[test]
+    fn credentials_come_from_env_or_the_credentials_directory_and_never_print() {
+        let err = Credentials::load_from(&BTreeMap::new()).unwrap_err();
+        assert!(err.to_string().contains(ENV_KEY_ID));
+        assert!(err.to_string().contains(ENV_KEY_SECRET));
+        let c = Credentials::load_from(&env(&[(ENV_KEY_ID, "id1"), (ENV_KEY_SECRET, "s3cr3t")]))
+            .unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("access_key_id"), "id2\n").unwrap();
+        std::fs::write(dir.path().join("access_key_secret"), "sec2\n").unwrap();
+        let c = Credentials::load_from(&env(&[(
+            "CREDENTIALS_DIRECTORY",
+            dir.path().to_str().unwrap(),
+        )]))
+        .unwrap();
+        assert_eq!(c.access_key_id, "id2");
+        assert_eq!(c.access_key_secret.expose(), "sec2");
+    }
+}

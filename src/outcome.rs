@@ -64,11 +64,13 @@ impl Outcome {
     }
 }
 
-/// Classified answer plus whether the call was billed (HTTP 2xx, whatever the body).
+/// Classified answer plus whether the call was billed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Classified {
     pub outcome: Outcome,
-    /// True when the gateway answered 2xx: the call added one to the instance's TPS.
+    /// True for a successful answer (2xx with a RequestId): the call added one to the
+    /// instance's TPS. A 2xx whose body is damaged is retried, not counted: whether the gateway
+    /// billed it is unknown, and a retry settles it (DeviceCredentialNotFound if it went through).
     pub billed: bool,
 }
 
@@ -105,7 +107,7 @@ pub fn classify(answer: &Result<Answer, TransportError>) -> Classified {
             };
         }
     };
-    let billed = (200..300).contains(&answer.status);
+    let ok_status = (200..300).contains(&answer.status);
     let body: Option<Body> = serde_json::from_slice(&answer.body).ok();
     let request_id = body
         .as_ref()
@@ -116,7 +118,7 @@ pub fn classify(answer: &Result<Answer, TransportError>) -> Classified {
             code: None,
             request_id: Some(_),
             ..
-        }) if billed => Outcome::Succeeded { request_id },
+        }) if ok_status => Outcome::Succeeded { request_id },
         Some(Body {
             code: Some(code),
             message,
@@ -146,6 +148,7 @@ pub fn classify(answer: &Result<Answer, TransportError>) -> Classified {
             }
         }
     };
+    let billed = matches!(outcome, Outcome::Succeeded { .. });
     Classified { outcome, billed }
 }
 
@@ -349,7 +352,7 @@ mod tests {
         ] {
             let c = classify(&answer(status, body));
             assert_eq!(kind(&c.outcome), "retry", "{status} {body}");
-            assert_eq!(c.billed, status == 200);
+            assert!(!c.billed, "{status} {body}");
         }
     }
 
