@@ -11,6 +11,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::config::LimitsSettings;
+use crate::outcome::Pressure;
 
 /// Headroom kept under a ceiling, so scheduling jitter cannot push one more call into a second.
 pub const PACING_MARGIN: f64 = 0.002;
@@ -18,6 +19,8 @@ pub const PACING_MARGIN: f64 = 0.002;
 pub const CUT_FACTOR: f64 = 0.7;
 /// Cubic regrowth constant (calls/s per s^3), as in AWS's adaptive retry mode.
 pub const CUBIC_C: f64 = 0.4;
+/// Share of overload answers over the last second that cuts the rate.
+pub const OVERLOAD_SHARE: f64 = 0.03;
 /// The rate never drops below this, calls per second.
 pub const FLOOR_RATE: f64 = 1.0;
 
@@ -128,6 +131,9 @@ pub struct Pacer {
     caps: HashMap<String, i64>,
     origin: Instant,
     accepted: SlidingCount,
+    /// Overload answers and all answers over the last second.
+    overloads: SlidingCount,
+    answers: SlidingCount,
     /// No call before this (an `x-acs-retry-after` answer).
     not_before: Option<Instant>,
 }
@@ -145,6 +151,8 @@ impl Pacer {
             caps: HashMap::new(),
             origin: Instant::now(),
             accepted: SlidingCount::default(),
+            overloads: SlidingCount::default(),
+            answers: SlidingCount::default(),
             not_before: None,
         };
         pacer.set_caps(&limits.instance_tps);
@@ -209,18 +217,36 @@ impl Pacer {
         self.caps.contains_key(instance_id)
     }
 
-    /// An accepted (not throttled) answer.
+    /// An answer that shows no pressure (success, not found, a parameter error...).
     pub fn on_accepted(&mut self) {
         let tenth = self.tenth();
         self.accepted.add(tenth);
+        self.answers.add(tenth);
     }
 
-    /// A throttling signal for a call sent at `sent_at`. Signals from calls sent before the last
-    /// cut are ignored: they tell of the old rate. Returns the new rate when it was cut.
-    pub fn on_slow_down(&mut self, sent_at: Instant, retry_after: Option<Duration>) -> Option<f64> {
+    /// A pressure signal for a call sent at `sent_at`. A throttle cuts the rate; overload answers
+    /// cut it once they are [`OVERLOAD_SHARE`] of the last second's answers (a stray
+    /// SystemOverFlow is a fault, not a verdict on the rate). Signals from calls sent before the
+    /// last cut are ignored: they tell of the old rate. Returns the new rate when it was cut.
+    pub fn on_pressure(
+        &mut self,
+        pressure: Pressure,
+        sent_at: Instant,
+        retry_after: Option<Duration>,
+    ) -> Option<f64> {
         if let Some(wait) = retry_after {
             let until = Instant::now() + wait.min(Duration::from_secs(60));
             self.not_before = Some(self.not_before.map_or(until, |t| t.max(until)));
+        }
+        let tenth = self.tenth();
+        self.answers.add(tenth);
+        if pressure == Pressure::Overloaded {
+            self.overloads.add(tenth);
+            let overloads = self.overloads.total(tenth) as f64;
+            let answers = self.answers.total(tenth) as f64;
+            if overloads < 3.0 || overloads < answers * OVERLOAD_SHARE {
+                return None;
+            }
         }
         let sent = sent_at.saturating_duration_since(self.origin).as_secs_f64();
         if self.adaptive.last_cut().is_some_and(|cut| sent < cut) {

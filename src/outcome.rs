@@ -17,6 +17,16 @@ pub enum PauseScope {
     Instance,
 }
 
+/// A sign that calls come too fast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pressure {
+    /// `Throttling*` (any status), 429: over the gateway's rate; cut at once.
+    Throttled,
+    /// `SystemOverFlow`, `ApplyTokenOverFlow`, `ServiceUnavailable`, 503: the service is
+    /// overloaded; cut when these become frequent, not on a stray one.
+    Overloaded,
+}
+
 /// What one call's answer means.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -27,12 +37,12 @@ pub enum Outcome {
         request_id: Option<String>,
         message: String,
     },
-    /// Transient: call again later. `slow_down` asks the pacing to cut its rate.
+    /// Transient: call again later. `pressure` asks the pacing to slow down.
     Retry {
         code: String,
         message: String,
         request_id: Option<String>,
-        slow_down: bool,
+        pressure: Option<Pressure>,
         retry_after: Option<Duration>,
     },
     /// This job's input is bad: retrying cannot help.
@@ -100,7 +110,7 @@ pub fn classify(answer: &Result<Answer, TransportError>) -> Classified {
                     code: code.into(),
                     message: shorten(&error.to_string()),
                     request_id: None,
-                    slow_down: false,
+                    pressure: None,
                     retry_after: None,
                 },
                 billed: false,
@@ -143,7 +153,7 @@ pub fn classify(answer: &Result<Answer, TransportError>) -> Classified {
                 code: format!("HTTP{}", answer.status),
                 message: format!("HTTP {} with {what}", answer.status),
                 request_id,
-                slow_down: matches!(answer.status, 429 | 503),
+                pressure: status_pressure(answer.status),
                 retry_after: answer.retry_after,
             }
         }
@@ -153,11 +163,11 @@ pub fn classify(answer: &Result<Answer, TransportError>) -> Classified {
 }
 
 fn by_code(answer: &Answer, code: String, message: String, request_id: Option<String>) -> Outcome {
-    let retry = |slow_down: bool| Outcome::Retry {
+    let retry = |pressure: Option<Pressure>| Outcome::Retry {
         code: code.clone(),
         message: message.clone(),
         request_id: request_id.clone(),
-        slow_down,
+        pressure,
         retry_after: answer.retry_after,
     };
     let pause = |scope: PauseScope, hint: &'static str| Outcome::Pause {
@@ -177,9 +187,11 @@ fn by_code(answer: &Answer, code: String, message: String, request_id: Option<St
             request_id,
             message,
         },
-        c if c.starts_with("Throttling") => retry(true),
-        "SystemOverFlow" | "ApplyTokenOverFlow" | "ServiceUnavailable" => retry(true),
-        "InternalError" | "SignatureNonceUsed" => retry(false),
+        c if c.starts_with("Throttling") => retry(Some(Pressure::Throttled)),
+        "SystemOverFlow" | "ApplyTokenOverFlow" | "ServiceUnavailable" => {
+            retry(Some(Pressure::Overloaded))
+        }
+        "InternalError" | "SignatureNonceUsed" => retry(None),
         "ParameterCheckFailed" | "MissingParameter" => permanent(),
         c if c.starts_with("InvalidParameter") || c.starts_with("Missing") => permanent(),
         "SignatureDoesNotMatch" | "IncompleteSignature" => pause(
@@ -216,12 +228,18 @@ fn by_code(answer: &Answer, code: String, message: String, request_id: Option<St
             PauseScope::Instance,
             "grant the RAM user permission on this instance and its GroupIds",
         ),
-        _ if answer.status >= 500 || answer.status == 429 => {
-            retry(matches!(answer.status, 429 | 503))
-        }
+        _ if answer.status >= 500 || answer.status == 429 => retry(status_pressure(answer.status)),
         // An unknown 4xx code: retry, so a transient oddity does not fail the job outright;
         // retry.max_attempts bounds it.
-        _ => retry(false),
+        _ => retry(None),
+    }
+}
+
+fn status_pressure(status: u16) -> Option<Pressure> {
+    match status {
+        429 => Some(Pressure::Throttled),
+        503 => Some(Pressure::Overloaded),
+        _ => None,
     }
 }
 
@@ -272,8 +290,13 @@ mod tests {
             Outcome::Succeeded { .. } => "succeeded",
             Outcome::NotFound { .. } => "not_found",
             Outcome::Retry {
-                slow_down: true, ..
-            } => "retry-slow",
+                pressure: Some(Pressure::Throttled),
+                ..
+            } => "retry-throttled",
+            Outcome::Retry {
+                pressure: Some(Pressure::Overloaded),
+                ..
+            } => "retry-overloaded",
             Outcome::Retry { .. } => "retry",
             Outcome::Permanent { .. } => "permanent",
             Outcome::Pause {
@@ -287,7 +310,7 @@ mod tests {
     #[test]
     fn every_documented_code_maps_to_its_class() {
         let table = [
-            (400, "ApplyTokenOverFlow", "retry-slow"),
+            (400, "ApplyTokenOverFlow", "retry-overloaded"),
             (400, "CheckAccountInfoFailed", "pause-account"),
             (400, "InstancePermissionCheckFailed", "pause-instance"),
             (400, "ParameterCheckFailed", "permanent"),
@@ -296,11 +319,11 @@ mod tests {
             (400, "DeviceCredentialNotFound", "not_found"),
             (404, "ApiNotSupport", "pause-account"),
             (500, "InternalError", "retry"),
-            (500, "SystemOverFlow", "retry-slow"),
-            (400, "Throttling.User", "retry-slow"),
-            (400, "Throttling.Api", "retry-slow"),
-            (429, "Throttling", "retry-slow"),
-            (503, "Throttling", "retry-slow"),
+            (500, "SystemOverFlow", "retry-overloaded"),
+            (400, "Throttling.User", "retry-throttled"),
+            (400, "Throttling.Api", "retry-throttled"),
+            (429, "Throttling", "retry-throttled"),
+            (503, "Throttling", "retry-throttled"),
             (400, "SignatureDoesNotMatch", "pause-account"),
             (403, "SignatureDoesNotMatch", "pause-account"),
             (400, "IncompleteSignature", "pause-account"),
@@ -317,7 +340,7 @@ mod tests {
             (404, "InvalidApi.NotFound", "pause-account"),
             (400, "InvalidVersion", "pause-account"),
             (403, "Forbidden.RAM", "pause-account"),
-            (503, "ServiceUnavailable", "retry-slow"),
+            (503, "ServiceUnavailable", "retry-overloaded"),
             (502, "SomethingNew", "retry"),
             (400, "SomethingNew", "retry"),
         ];

@@ -389,14 +389,7 @@ impl Dispatcher {
             request_id: None,
             billed_second,
         };
-        let slow_down = matches!(
-            outcome,
-            Outcome::Retry {
-                slow_down: true,
-                ..
-            }
-        );
-        if !slow_down && !matches!(outcome, Outcome::Retry { .. }) {
+        if !matches!(outcome, Outcome::Retry { .. }) {
             self.pacer.on_accepted();
         }
         if !matches!(outcome, Outcome::Pause { .. }) {
@@ -426,10 +419,11 @@ impl Dispatcher {
                 message,
                 request_id,
                 retry_after,
+                pressure,
                 ..
             } => {
-                if slow_down {
-                    if let Some(rate) = self.pacer.on_slow_down(sent_at, retry_after) {
+                if let Some(pressure) = pressure {
+                    if let Some(rate) = self.pacer.on_pressure(pressure, sent_at, retry_after) {
                         tracing::warn!(api.code = %code, pacing.rate = format!("{rate:.1}"), "throttled: slowing down");
                     }
                 }

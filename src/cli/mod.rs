@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{ConfigError, LogFormat, Settings};
 
 pub mod check;
+pub mod demo;
 pub mod migrate;
 pub mod run;
 
@@ -39,6 +40,8 @@ pub enum Command {
     Migrate,
     /// Validate the configuration, database and credentials; print the effective settings.
     Check(check::CheckArgs),
+    /// Rehearse a whole run against a built-in emulator, then cross-check the counts.
+    Demo(demo::DemoArgs),
     /// Serve a local emulator of the onsmqtt API (for rehearsals and tests).
     Emulator(crate::cli_emulator::EmulatorArgs),
 }
@@ -86,6 +89,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(settings, args).await,
         Command::Migrate => migrate::run(settings).await,
         Command::Check(args) => check::run(settings, args).await,
+        Command::Demo(args) => demo::run(settings, args).await,
         Command::Emulator(_) => unreachable!("handled above"),
     }
 }

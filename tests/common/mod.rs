@@ -91,9 +91,13 @@ impl App {
 
     /// Runs the worker until the queue is empty, with the given credentials secret.
     pub async fn run_until_empty(&self, secret: &str) {
-        self.run_with(credentials(secret), RunOptions { until_empty: true }, CancellationToken::new())
-            .await
-            .unwrap();
+        self.run_with(
+            credentials(secret),
+            RunOptions { until_empty: true },
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
     }
 
     pub async fn run_with(
@@ -130,7 +134,10 @@ impl App {
     }
 
     /// (status, attempts, last_code, last_message, request_id) of one job.
-    pub async fn job(&self, client: &str) -> (String, i64, Option<String>, Option<String>, Option<String>) {
+    pub async fn job(
+        &self,
+        client: &str,
+    ) -> (String, i64, Option<String>, Option<String>, Option<String>) {
         let r = sqlx::query(
             "SELECT status, attempts, last_code, last_message, request_id FROM jobs WHERE client_id = ?1",
         )
@@ -143,7 +150,9 @@ impl App {
 }
 
 pub fn devices(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("GID_fleet@@@{prefix}-{i}")).collect()
+    (0..n)
+        .map(|i| format!("GID_fleet@@@{prefix}-{i}"))
+        .collect()
 }
 
 pub const INSTANCE: &str = "post-cn-0pp12gl0001";
