@@ -458,7 +458,10 @@ mod tests {
         assert_eq!(s.database.path, PathBuf::from("deregd.db"));
         assert_eq!(s.api.endpoint, "https://onsmqtt.cn-hangzhou.aliyuncs.com");
         assert_eq!(s.api.signature, SignatureVersion::V3);
-        assert_eq!((s.api.connect_timeout_ms, s.api.request_timeout_ms), (5000, 10000));
+        assert_eq!(
+            (s.api.connect_timeout_ms, s.api.request_timeout_ms),
+            (5000, 10000)
+        );
         assert_eq!(s.limits.qps, 280);
         assert!(s.limits.instance_tps.is_empty());
     }
@@ -493,12 +496,28 @@ mod tests {
             ("[limits]\nqps = 600\n", "limits.qps", "500"),
             ("[limits]\nqps = 500\n", "limits.qps", "500"),
             ("[limits]\nqps = 0\n", "limits.qps", ""),
-            ("[api]\nrequest_timeout_ms = -5\n", "api.request_timeout_ms", ""),
-            ("[api]\nendpoint = \"http://example.com\"\n", "api.endpoint", "https"),
+            (
+                "[api]\nrequest_timeout_ms = -5\n",
+                "api.request_timeout_ms",
+                "",
+            ),
+            (
+                "[api]\nendpoint = \"http://example.com\"\n",
+                "api.endpoint",
+                "https",
+            ),
             ("[api]\nendpoint = \"nonsense\"\n", "api.endpoint", ""),
             ("[retry]\nmax_attempts = 0\n", "retry.max_attempts", ""),
-            ("[limits.instance_tps]\n\"post-cn-x\" = 0\n", "limits.instance_tps.post-cn-x", ""),
-            ("[worker]\nlease_secs = 5\n", "worker.lease_secs", "request_timeout"),
+            (
+                "[limits.instance_tps]\n\"post-cn-x\" = 0\n",
+                "limits.instance_tps.post-cn-x",
+                "",
+            ),
+            (
+                "[worker]\nlease_secs = 5\n",
+                "worker.lease_secs",
+                "request_timeout",
+            ),
         ];
         for (toml, key, needle) in cases {
             let err = load_toml(toml).expect_err(toml);
@@ -521,7 +540,11 @@ mod tests {
 
     #[test]
     fn http_is_allowed_only_to_loopback() {
-        for ok in ["http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:9"] {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:9",
+        ] {
             validate_endpoint(ok).unwrap();
         }
         assert!(validate_endpoint("http://10.0.0.1").is_err());

@@ -108,6 +108,15 @@ impl SlidingCount {
         slot.1 += 1;
     }
 
+    /// How long from `tenth` until fewer than `limit` events remain within the last second,
+    /// or `None` when that is already so.
+    fn until_below(&self, tenth: u64, limit: f64) -> Option<Duration> {
+        (0..=10u64)
+            .find(|ahead| (self.total(tenth + ahead) as f64) < limit)
+            .filter(|ahead| *ahead > 0)
+            .map(|ahead| Duration::from_millis(ahead * 100))
+    }
+
     fn total(&self, tenth: u64) -> u32 {
         self.buckets
             .iter()
@@ -226,10 +235,19 @@ impl Pacer {
         if self.adaptive.last_cut().is_some_and(|cut| sent < cut) {
             return None;
         }
-        let accepted = self.accepted.total(self.tenth()) as f64;
+        let tenth = self.tenth();
+        let accepted = self.accepted.total(tenth) as f64;
         let now = self.now();
         let rate = self.adaptive.cut(now, accepted);
         self.rebuild(rate);
+        // The gateway counts over a sliding second that is still full of calls sent at the old
+        // rate: calls sent before enough of them age out would be throttled too, and each such
+        // signal would cut again (a cascade down to the floor). Hold off until the calls
+        // accepted within the last second fit the new rate.
+        if let Some(wait) = self.accepted.until_below(tenth, rate) {
+            let until = Instant::now() + wait;
+            self.not_before = Some(self.not_before.map_or(until, |t| t.max(until)));
+        }
         Some(rate)
     }
 
@@ -348,5 +366,24 @@ mod tests {
         assert_eq!(c.total(9), 20);
         assert_eq!(c.total(14), 10);
         assert_eq!(c.total(30), 0);
+    }
+
+    #[test]
+    fn hold_off_lasts_until_the_last_second_fits_the_new_rate() {
+        let mut c = SlidingCount::default();
+        // 30 events in each of the tenths 0, 1 and 2, then 10 in tenth 3: 100 within a second.
+        for t in 0..3 {
+            for _ in 0..30 {
+                c.add(t);
+            }
+        }
+        for _ in 0..10 {
+            c.add(3);
+        }
+        // Cut to 70 at tenth 3: 70 remain once tenth 0 ages out (tenth 10), fewer at tenth 11.
+        assert_eq!(c.until_below(3, 70.0), Some(Duration::from_millis(800)));
+        assert_eq!(c.until_below(3, 101.0), None);
+        // Nothing fits a rate of 1 until every bucket has aged out.
+        assert_eq!(c.until_below(3, 1.0), Some(Duration::from_millis(1000)));
     }
 }

@@ -26,7 +26,10 @@ async fn every_job_succeeds_once_and_each_success_is_billed() {
 
 #[tokio::test]
 async fn a_credential_already_gone_ends_not_found() {
-    let gone = ("post-cn-0pp12gl0001".to_string(), "GID_fleet@@@d-3".to_string());
+    let gone = (
+        "post-cn-0pp12gl0001".to_string(),
+        "GID_fleet@@@d-3".to_string(),
+    );
     let app = spawn_app(EmulatorSettings {
         registry: Registry::all_except(vec![gone]),
         ..Default::default()
@@ -40,7 +43,11 @@ async fn a_credential_already_gone_ends_not_found() {
     assert_eq!(code.as_deref(), Some("DeviceCredentialNotFound"));
     assert!(request_id.is_some());
     assert_eq!(app.count("succeeded").await, 9);
-    assert_eq!(app.billed_total().await, 9, "a not_found answer is not billed");
+    assert_eq!(
+        app.billed_total().await,
+        9,
+        "a not_found answer is not billed"
+    );
 }
 
 #[tokio::test]
@@ -121,7 +128,8 @@ async fn malformed_rows_are_rejected_with_a_reason_and_never_sent() {
         "'); DROP TABLE jobs; --".to_string(),
     ];
     app.insert(INSTANCE, &bad).await;
-    app.insert(" ", &["GID_fleet@@@ok-but-bad-instance".to_string()]).await;
+    app.insert(" ", &["GID_fleet@@@ok-but-bad-instance".to_string()])
+        .await;
     app.insert(INSTANCE, &devices("good", 3)).await;
     within(30, app.run_until_empty("testsecret")).await;
     assert_eq!(app.count("rejected").await, bad.len() as i64 + 1);
@@ -130,7 +138,11 @@ async fn malformed_rows_are_rejected_with_a_reason_and_never_sent() {
     assert_eq!(attempts, 0);
     assert_eq!(code.as_deref(), Some("InvalidInput"));
     assert!(message.unwrap().contains("space"));
-    assert_eq!(app.emulator.stats().total_requests, 3, "only the good rows were sent");
+    assert_eq!(
+        app.emulator.stats().total_requests,
+        3,
+        "only the good rows were sent"
+    );
 }
 
 #[tokio::test]
@@ -153,7 +165,11 @@ async fn a_crashed_workers_lease_is_rescued() {
 async fn rows_inserted_by_another_process_while_running_are_picked_up() {
     let app = spawn_app(EmulatorSettings::default()).await;
     let shutdown = CancellationToken::new();
-    let run = app.run_with(credentials("testsecret"), RunOptions::default(), shutdown.clone());
+    let run = app.run_with(
+        credentials("testsecret"),
+        RunOptions::default(),
+        shutdown.clone(),
+    );
     let path = app.db_path();
     let insert_later = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -165,7 +181,11 @@ async fn rows_inserted_by_another_process_while_running_are_picked_up() {
             .output()
             .await
             .expect("sqlite3 runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let inserted = std::time::Instant::now();
         loop {
             if app.count("succeeded").await == 1 {
@@ -248,7 +268,11 @@ async fn v2_signatures_and_sts_tokens_are_accepted() {
     };
     within(
         30,
-        app.run_with(creds.clone(), RunOptions { until_empty: true }, CancellationToken::new()),
+        app.run_with(
+            creds.clone(),
+            RunOptions { until_empty: true },
+            CancellationToken::new(),
+        ),
     )
     .await
     .unwrap();
@@ -258,7 +282,11 @@ async fn v2_signatures_and_sts_tokens_are_accepted() {
     app.insert(INSTANCE, &devices("e", 5)).await;
     within(
         30,
-        app.run_with(creds, RunOptions { until_empty: true }, CancellationToken::new()),
+        app.run_with(
+            creds,
+            RunOptions { until_empty: true },
+            CancellationToken::new(),
+        ),
     )
     .await
     .unwrap();
@@ -270,7 +298,11 @@ async fn a_wrong_secret_pauses_dispatch_without_failing_any_job() {
     let app = spawn_app(EmulatorSettings::default()).await;
     app.insert(INSTANCE, &devices("d", 200)).await;
     let shutdown = CancellationToken::new();
-    let run = app.run_with(credentials("wrong-secret"), RunOptions { until_empty: true }, shutdown.clone());
+    let run = app.run_with(
+        credentials("wrong-secret"),
+        RunOptions { until_empty: true },
+        shutdown.clone(),
+    );
     let stop = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         shutdown.cancel();
@@ -278,13 +310,19 @@ async fn a_wrong_secret_pauses_dispatch_without_failing_any_job() {
     let (result, ()) = within(20, async { tokio::join!(run, stop) }).await;
     result.unwrap();
     let stats = app.emulator.stats();
-    assert!(stats.total_requests >= 1 && stats.total_requests <= 20, "{stats:?}");
+    assert!(
+        stats.total_requests >= 1 && stats.total_requests <= 20,
+        "{stats:?}"
+    );
     assert_eq!(stats.signature_failures, stats.total_requests);
     assert_eq!(app.count("failed").await, 0);
     assert_eq!(app.count("pending").await, 200);
     assert_eq!(app.count("running").await, 0);
     let (_, attempts, code, _, _) = app.job("GID_fleet@@@d-0").await;
-    assert_eq!((attempts, code.as_deref()), (0, Some("SignatureDoesNotMatch")));
+    assert_eq!(
+        (attempts, code.as_deref()),
+        (0, Some("SignatureDoesNotMatch"))
+    );
     // Fix the secret and restart: the run finishes.
     within(30, app.run_until_empty("testsecret")).await;
     assert_eq!(app.count("succeeded").await, 200);
