@@ -20,6 +20,12 @@ pub const CUT_FACTOR: f64 = 0.7;
 pub const CUBIC_C: f64 = 0.4;
 /// The rate never drops below this, calls per second.
 pub const FLOOR_RATE: f64 = 1.0;
+/// Overload answers (`SystemOverFlow`, `ApplyTokenOverFlow`, 503, ...) cut the rate only when at
+/// least this share of the last second's answers were overload answers: a steady trickle of them
+/// is the server's own noise, and cutting on each would sink the rate to the floor.
+pub const OVERLOAD_SHARE: f64 = 0.1;
+/// ... and at least this many of them.
+pub const OVERLOAD_MIN: u32 = 3;
 
 /// The GCRA quota that keeps any sliding second at or under `ceiling` calls with `burst`
 /// calls allowed back to back: a burst of B then one call per period gives at most
@@ -137,6 +143,8 @@ pub struct Pacer {
     caps: HashMap<String, i64>,
     origin: Instant,
     accepted: SlidingCount,
+    /// Overload answers over the last second.
+    overloaded: SlidingCount,
     /// No call before this (an `x-acs-retry-after` answer).
     not_before: Option<Instant>,
 }
@@ -154,6 +162,7 @@ impl Pacer {
             caps: HashMap::new(),
             origin: Instant::now(),
             accepted: SlidingCount::default(),
+            overloaded: SlidingCount::default(),
             not_before: None,
         };
         pacer.set_caps(&limits.instance_tps);
@@ -224,18 +233,34 @@ impl Pacer {
         self.accepted.add(tenth);
     }
 
-    /// A throttling signal for a call sent at `sent_at`. Signals from calls sent before the last
-    /// cut are ignored: they tell of the old rate. Returns the new rate when it was cut.
-    pub fn on_slow_down(&mut self, sent_at: Instant, retry_after: Option<Duration>) -> Option<f64> {
+    /// A slow-down signal for a call sent at `sent_at`: a throttle (`Throttling*`, or any
+    /// answer with a retry-after) cuts the rate; an overload answer cuts it only when such
+    /// answers are a notable share of the last second ([`OVERLOAD_SHARE`]). Signals from calls
+    /// sent before the last cut are ignored: they tell of the old rate. Returns the new rate
+    /// when it was cut.
+    pub fn on_slow_down(
+        &mut self,
+        sent_at: Instant,
+        retry_after: Option<Duration>,
+        throttled: bool,
+    ) -> Option<f64> {
+        let tenth = self.tenth();
         if let Some(wait) = retry_after {
             let until = Instant::now() + wait.min(Duration::from_secs(60));
             self.not_before = Some(self.not_before.map_or(until, |t| t.max(until)));
+        }
+        if !throttled && retry_after.is_none() {
+            self.overloaded.add(tenth);
+            let overloaded = self.overloaded.total(tenth);
+            let answers = overloaded + self.accepted.total(tenth);
+            if overloaded < OVERLOAD_MIN || (overloaded as f64) < OVERLOAD_SHARE * answers as f64 {
+                return None;
+            }
         }
         let sent = sent_at.saturating_duration_since(self.origin).as_secs_f64();
         if self.adaptive.last_cut().is_some_and(|cut| sent < cut) {
             return None;
         }
-        let tenth = self.tenth();
         let accepted = self.accepted.total(tenth) as f64;
         let now = self.now();
         let rate = self.adaptive.cut(now, accepted);

@@ -429,7 +429,8 @@ impl Dispatcher {
                 ..
             } => {
                 if slow_down {
-                    if let Some(rate) = self.pacer.on_slow_down(sent_at, retry_after) {
+                    let throttled = code.starts_with("Throttling");
+                    if let Some(rate) = self.pacer.on_slow_down(sent_at, retry_after, throttled) {
                         tracing::warn!(api.code = %code, pacing.rate = format!("{rate:.1}"), "throttled: slowing down");
                     }
                 }
