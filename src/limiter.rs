@@ -19,10 +19,14 @@ pub const PACING_MARGIN: f64 = 0.002;
 pub const CUT_FACTOR: f64 = 0.7;
 /// Cubic regrowth constant (calls/s per s^3), as in AWS's adaptive retry mode.
 pub const CUBIC_C: f64 = 0.4;
-/// Share of overload answers over the last second that cuts the rate.
-pub const OVERLOAD_SHARE: f64 = 0.03;
 /// The rate never drops below this, calls per second.
 pub const FLOOR_RATE: f64 = 1.0;
+/// Overload answers (`SystemOverFlow`, `ApplyTokenOverFlow`, 503, ...) cut the rate only when at
+/// least this share of the last second's answers were overload answers: a steady trickle of them
+/// is the server's own noise, and cutting on each would sink the rate to the floor.
+pub const OVERLOAD_SHARE: f64 = 0.1;
+/// ... and at least this many of them.
+pub const OVERLOAD_MIN: u32 = 3;
 
 /// The GCRA quota that keeps any sliding second at or under `ceiling` calls with `burst`
 /// calls allowed back to back: a burst of B then one call per period gives at most
@@ -111,6 +115,15 @@ impl SlidingCount {
         slot.1 += 1;
     }
 
+    /// How long from `tenth` until fewer than `limit` events remain within the last second,
+    /// or `None` when that is already so.
+    fn until_below(&self, tenth: u64, limit: f64) -> Option<Duration> {
+        (0..=10u64)
+            .find(|ahead| (self.total(tenth + ahead) as f64) < limit)
+            .filter(|ahead| *ahead > 0)
+            .map(|ahead| Duration::from_millis(ahead * 100))
+    }
+
     fn total(&self, tenth: u64) -> u32 {
         self.buckets
             .iter()
@@ -131,9 +144,8 @@ pub struct Pacer {
     caps: HashMap<String, i64>,
     origin: Instant,
     accepted: SlidingCount,
-    /// Overload answers and all answers over the last second.
-    overloads: SlidingCount,
-    answers: SlidingCount,
+    /// Overload answers over the last second.
+    overloaded: SlidingCount,
     /// No call before this (an `x-acs-retry-after` answer).
     not_before: Option<Instant>,
 }
@@ -151,8 +163,7 @@ impl Pacer {
             caps: HashMap::new(),
             origin: Instant::now(),
             accepted: SlidingCount::default(),
-            overloads: SlidingCount::default(),
-            answers: SlidingCount::default(),
+            overloaded: SlidingCount::default(),
             not_before: None,
         };
         pacer.set_caps(&limits.instance_tps);
@@ -217,16 +228,15 @@ impl Pacer {
         self.caps.contains_key(instance_id)
     }
 
-    /// An answer that shows no pressure (success, not found, a parameter error...).
+    /// An accepted (not throttled) answer.
     pub fn on_accepted(&mut self) {
         let tenth = self.tenth();
         self.accepted.add(tenth);
-        self.answers.add(tenth);
     }
 
-    /// A pressure signal for a call sent at `sent_at`. A throttle cuts the rate; overload answers
-    /// cut it once they are [`OVERLOAD_SHARE`] of the last second's answers (a stray
-    /// SystemOverFlow is a fault, not a verdict on the rate). Signals from calls sent before the
+    /// A pressure signal for a call sent at `sent_at`. A throttle (or any answer with a
+    /// retry-after) cuts the rate; overload answers cut it only when they are a notable share
+    /// of the last second's answers ([`OVERLOAD_SHARE`]). Signals from calls sent before the
     /// last cut are ignored: they tell of the old rate. Returns the new rate when it was cut.
     pub fn on_pressure(
         &mut self,
@@ -234,17 +244,16 @@ impl Pacer {
         sent_at: Instant,
         retry_after: Option<Duration>,
     ) -> Option<f64> {
+        let tenth = self.tenth();
         if let Some(wait) = retry_after {
             let until = Instant::now() + wait.min(Duration::from_secs(60));
             self.not_before = Some(self.not_before.map_or(until, |t| t.max(until)));
         }
-        let tenth = self.tenth();
-        self.answers.add(tenth);
-        if pressure == Pressure::Overloaded {
-            self.overloads.add(tenth);
-            let overloads = self.overloads.total(tenth) as f64;
-            let answers = self.answers.total(tenth) as f64;
-            if overloads < 3.0 || overloads < answers * OVERLOAD_SHARE {
+        if pressure == Pressure::Overloaded && retry_after.is_none() {
+            self.overloaded.add(tenth);
+            let overloaded = self.overloaded.total(tenth);
+            let answers = overloaded + self.accepted.total(tenth);
+            if overloaded < OVERLOAD_MIN || (overloaded as f64) < OVERLOAD_SHARE * answers as f64 {
                 return None;
             }
         }
@@ -252,10 +261,18 @@ impl Pacer {
         if self.adaptive.last_cut().is_some_and(|cut| sent < cut) {
             return None;
         }
-        let accepted = self.accepted.total(self.tenth()) as f64;
+        let accepted = self.accepted.total(tenth) as f64;
         let now = self.now();
         let rate = self.adaptive.cut(now, accepted);
         self.rebuild(rate);
+        // The gateway counts over a sliding second that is still full of calls sent at the old
+        // rate: calls sent before enough of them age out would be throttled too, and each such
+        // signal would cut again (a cascade down to the floor). Hold off until the calls
+        // accepted within the last second fit the new rate.
+        if let Some(wait) = self.accepted.until_below(tenth, rate) {
+            let until = Instant::now() + wait;
+            self.not_before = Some(self.not_before.map_or(until, |t| t.max(until)));
+        }
         Some(rate)
     }
 
@@ -374,5 +391,24 @@ mod tests {
         assert_eq!(c.total(9), 20);
         assert_eq!(c.total(14), 10);
         assert_eq!(c.total(30), 0);
+    }
+
+    #[test]
+    fn hold_off_lasts_until_the_last_second_fits_the_new_rate() {
+        let mut c = SlidingCount::default();
+        // 30 events in each of the tenths 0, 1 and 2, then 10 in tenth 3: 100 within a second.
+        for t in 0..3 {
+            for _ in 0..30 {
+                c.add(t);
+            }
+        }
+        for _ in 0..10 {
+            c.add(3);
+        }
+        // Cut to 70 at tenth 3: 70 remain once tenth 0 ages out (tenth 10), fewer at tenth 11.
+        assert_eq!(c.until_below(3, 70.0), Some(Duration::from_millis(800)));
+        assert_eq!(c.until_below(3, 101.0), None);
+        // Nothing fits a rate of 1 until every bucket has aged out.
+        assert_eq!(c.until_below(3, 1.0), Some(Duration::from_millis(1000)));
     }
 }

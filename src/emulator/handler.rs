@@ -73,6 +73,8 @@ pub struct Shared {
     pub ip_limit: Option<u32>,
     /// Value of `x-acs-retry-after` on throttled answers, in milliseconds.
     pub retry_after_ms: Option<u64>,
+    /// Instances answered with `InstancePermissionCheckFailed`.
+    pub forbidden_instances: std::collections::HashSet<String>,
     /// State and fault plan under one lock, so fault draws follow request order.
     pub inner: Mutex<Inner>,
 }
@@ -255,6 +257,16 @@ pub fn handle(shared: &Arc<Shared>, req: &Incoming) -> Action {
             return Action::Answer(error_response(&e, &host, None), Duration::ZERO);
         }
     };
+
+    if shared.forbidden_instances.contains(&instance) {
+        let e = ApiError::new(
+            400,
+            "InstancePermissionCheckFailed",
+            format!("No permission on the instance {instance}."),
+        );
+        state.count_code(e.code);
+        return Action::Answer(error_response(&e, &host, None), Duration::ZERO);
+    }
 
     let fault = plan.draw();
     let delay = plan.delay();

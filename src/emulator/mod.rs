@@ -85,6 +85,9 @@ pub struct EmulatorSettings {
     pub seed: u64,
     /// When set, throttled answers carry `x-acs-retry-after: <ms>`, in milliseconds.
     pub retry_after_ms: Option<u64>,
+    /// Instances the key has no permission on: accepted calls for them answer 400
+    /// `InstancePermissionCheckFailed` (after throttling, before faults). Empty by default.
+    pub forbidden_instances: Vec<String>,
 }
 
 impl Default for EmulatorSettings {
@@ -98,6 +101,7 @@ impl Default for EmulatorSettings {
             faults: Faults::default(),
             seed: 0,
             retry_after_ms: None,
+            forbidden_instances: Vec::new(),
         }
     }
 }
@@ -146,6 +150,7 @@ impl Emulator {
             rate_limit: settings.rate_limit,
             ip_limit: settings.ip_limit,
             retry_after_ms: settings.retry_after_ms,
+            forbidden_instances: settings.forbidden_instances.into_iter().collect(),
             inner: Mutex::new(Inner {
                 state: State::new(settings.registry),
                 plan: FaultPlan::new(settings.faults, settings.seed),

@@ -156,3 +156,84 @@ pub fn devices(prefix: &str, n: usize) -> Vec<String> {
 }
 
 pub const INSTANCE: &str = "post-cn-0pp12gl0001";
+
+/// `deregd` as a child process pointed at this app's database and emulator, with the test
+/// settings of [`fast_settings`] as env vars and the emulator's default key. Output is piped.
+pub fn deregd(app: &App) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_deregd"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DEREGD_DATABASE__PATH", app.db_path())
+        .env("DEREGD_API__ENDPOINT", app.emulator.endpoint())
+        .env("DEREGD_API__REQUEST_TIMEOUT_MS", "2000")
+        .env("DEREGD_API__CONNECT_TIMEOUT_MS", "1000")
+        .env("DEREGD_LIMITS__QPS", "450")
+        .env("DEREGD_LIMITS__MAX_IN_FLIGHT", "32")
+        .env("DEREGD_LIMITS__PAUSE_PROBE_SECS", "60")
+        .env("DEREGD_RETRY__BASE_DELAY_MS", "10")
+        .env("DEREGD_RETRY__MAX_DELAY_MS", "100")
+        .env("DEREGD_WORKER__POLL_INTERVAL_MS", "50")
+        .env("DEREGD_WORKER__LEASE_SECS", "30")
+        .env("DEREGD_WORKER__SHUTDOWN_GRACE_SECS", "2")
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", "testid")
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "testsecret")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// A spawned child whose output is collected in the background, so it can be signalled.
+pub struct Child {
+    pub pid: i32,
+    output: tokio::task::JoinHandle<std::io::Result<std::process::Output>>,
+}
+
+impl Child {
+    pub fn spawn(mut cmd: tokio::process::Command) -> Child {
+        let child = cmd.spawn().expect("deregd starts");
+        let pid = child.id().expect("running") as i32;
+        Child {
+            pid,
+            output: tokio::spawn(child.wait_with_output()),
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped yet.
+        unsafe { libc::kill(self.pid, signal) };
+    }
+
+    /// Waits for exit: (exit code, or None when killed by a signal; stdout; stderr).
+    pub async fn wait(self) -> (Option<i32>, String, String) {
+        let out = self.output.await.unwrap().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// Runs the `sqlite3` shell on `db` with a busy timeout, as an operator would.
+pub async fn sqlite3(db: &std::path::Path, sql: &str) -> std::process::Output {
+    tokio::process::Command::new("sqlite3")
+        .arg(db)
+        .arg(".timeout 5000")
+        .arg(sql)
+        .output()
+        .await
+        .expect("sqlite3 runs")
+}
+
+/// Polls `check` every 20 ms until it holds.
+pub async fn until<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    while !check().await {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
