@@ -1,2 +1,3 @@
 //! deregd: deregisters ApsaraMQ for MQTT device credentials in bulk.
+pub mod cli_emulator;
 pub mod emulator;
