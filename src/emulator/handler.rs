@@ -681,16 +681,31 @@ fn success_response() -> Response<Body> {
     resp
 }
 
+/// The gateway's error body, fields in the gateway's order.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ErrorBody<'a> {
+    request_id: &'a str,
+    message: &'a str,
+    host_id: &'a str,
+    code: &'a str,
+    recommend: &'a str,
+}
+
 fn error_response(e: &ApiError, host: &str, retry_after_ms: Option<u64>) -> Response<Body> {
     let id = request_id();
-    let body = json!({
-        "RequestId": id,
-        "Message": e.message,
-        "HostId": host,
-        "Code": e.code,
-        "Recommend": format!("https://api.aliyun.com/troubleshoot?q={}&product=OnsMqtt&requestId={id}", e.code),
+    let recommend = format!(
+        "https://api.aliyun.com/troubleshoot?q={}&product=OnsMqtt&requestId={id}",
+        e.code
+    );
+    let body = serde_json::to_string(&ErrorBody {
+        request_id: &id,
+        message: &e.message,
+        host_id: host,
+        code: e.code,
+        recommend: &recommend,
     })
-    .to_string();
+    .expect("error body serialises");
     let mut resp = raw_response(e.status, "application/json;charset=utf-8", &body);
     set_request_id(&mut resp, &id);
     if let Some(ms) = retry_after_ms {
