@@ -52,6 +52,12 @@ struct Call {
     timestamp: String,
     nonce: String,
     method: reqwest::Method,
+    /// V3 only: extra headers the client sends and signs.
+    extra_signed: Vec<(String, String)>,
+    /// V3 only: extra headers the client sends without signing them.
+    extra_unsigned: Vec<(String, String)>,
+    /// V3 only: a body sent while the signature claims an empty one.
+    tampered_body: Option<String>,
 }
 
 impl Call {
@@ -69,6 +75,9 @@ impl Call {
             timestamp: now_stamp(),
             nonce: fresh_nonce(),
             method: reqwest::Method::POST,
+            extra_signed: Vec::new(),
+            extra_unsigned: Vec::new(),
+            tampered_body: None,
         }
     }
 
@@ -143,8 +152,12 @@ async fn try_v3(
     if let Some(t) = &c.token {
         headers.push(("x-acs-security-token".into(), t.clone()));
     }
+    headers.extend(c.extra_signed.iter().cloned());
     headers.sort();
-    let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+    let canonical_headers: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}:{}\n", v.trim()))
+        .collect();
     let signed: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
     let signed = signed.join(";");
     let canonical = format!(
@@ -159,8 +172,15 @@ async fn try_v3(
     mac.update(sts.as_bytes());
     let sig = hex::encode(mac.finalize().into_bytes());
     let mut req = http.request(c.method.clone(), format!("{}/?{query}", emu.endpoint()));
-    for (k, v) in headers.iter().filter(|(k, _)| k != "host") {
+    for (k, v) in headers
+        .iter()
+        .chain(&c.extra_unsigned)
+        .filter(|(k, _)| k != "host")
+    {
         req = req.header(k, v);
+    }
+    if let Some(body) = &c.tampered_body {
+        req = req.body(body.clone());
     }
     req.header(
         "authorization",
@@ -300,6 +320,54 @@ async fn wrong_secret_gets_signature_mismatch_with_the_server_string_to_sign() {
         assert_eq!(stats.signature_failures, 2);
         assert_eq!(stats.accepted, 0);
         assert!(emu.is_registered(INSTANCE, "GID_test@@@x"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_verifier_follows_the_headers_the_client_chose_to_sign() {
+    within(async {
+        let (emu, http) = start(EmulatorSettings::default()).await;
+        let mut c = Call::new("GID_test@@@hdr");
+        c.extra_signed = vec![
+            (
+                "content-type".into(),
+                "application/x-www-form-urlencoded".into(),
+            ),
+            ("user-agent".into(), "  AlibabaCloud (test) padded  ".into()),
+        ];
+        // Unsigned ordinary headers are fine; they are simply not covered.
+        c.extra_unsigned = vec![("x-extra".into(), "whatever".into())];
+        let a = v3(&http, &emu, &c).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unsigned_acs_header_is_an_incomplete_signature() {
+    within(async {
+        let (emu, http) = start(EmulatorSettings::default()).await;
+        let mut c = Call::new("GID_test@@@unsigned");
+        c.extra_unsigned = vec![("x-acs-security-token".into(), "sneaky".into())];
+        let a = v3(&http, &emu, &c).await;
+        assert_eq!((a.status, a.code().as_str()), (400, "IncompleteSignature"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_body_that_differs_from_its_declared_hash_is_refused() {
+    within(async {
+        let (emu, http) = start(EmulatorSettings::default()).await;
+        let mut c = Call::new("GID_test@@@body");
+        c.tampered_body = Some("ClientId=GID_test%40%40%40other".into());
+        let a = v3(&http, &emu, &c).await;
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (400, "SignatureDoesNotMatch")
+        );
+        assert!(emu.is_registered(INSTANCE, "GID_test@@@body"));
     })
     .await;
 }
