@@ -2,14 +2,17 @@
 //!
 //! Serves `UnRegisterDeviceCredential` over plain HTTP/1.1 on loopback and behaves like the
 //! vendor gateway: both signature schemes, timestamps, nonces, sliding-second throttling,
-//! a credential registry, and seeded faults. Layout: `verify` (signatures), `state`
-//! (registry, nonces, windows, stats), `faults` (seeded fault plan), `handler` (one request).
+//! a credential registry, and seeded faults. Layout: `handler` (one request, in the gateway's
+//! order of checks), `auth` and `verify` (signatures), `state` (registry, nonces, windows,
+//! stats), `faults` (seeded fault plan), `answer` (response bodies).
 //! Invariant: the state lock is never held across an await.
 
+mod answer;
+mod auth;
 mod faults;
 mod handler;
 mod state;
-pub mod verify;
+mod verify;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,11 +31,13 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-pub use faults::{Fault, FaultPlan, Faults, Malformed};
+pub use faults::Faults;
 pub use handler::{is_valid_client_id, API_VERSION};
 pub use state::{max_in_window, FaultCounts, Registry, Stats};
 
-use handler::{Action, Body, Incoming, Inner, Shared};
+use answer::Body;
+use faults::FaultPlan;
+use handler::{Action, Incoming, Inner, Shared};
 use state::State;
 
 /// Path of the stats endpoint (JSON of [`Stats`]).
@@ -276,12 +281,12 @@ async fn serve_request(
     if parts.uri.path() == STATS_PATH {
         let stats = shared.inner.lock().expect("state lock").state.snapshot();
         let json = serde_json::to_string_pretty(&stats).expect("stats serialise");
-        return Ok(handler::raw_response(200, "application/json", &json));
+        return Ok(answer::raw_response(200, "application/json", &json));
     }
     let body: Bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            return Ok(handler::raw_response(
+            return Ok(answer::raw_response(
                 413,
                 "text/plain",
                 "request body too large",
