@@ -109,24 +109,30 @@ pub enum Action {
     Hang(Duration),
 }
 
+/// What the locked bookkeeping decided; turned into a response after the lock is released.
+#[derive(Debug)]
+enum Outcome {
+    Error(ApiError, Option<u64>),
+    Success,
+    Reset,
+    Hang(Duration),
+    Malformed(Malformed),
+}
+
 /// Handles one API request (the stats endpoint is handled by the caller).
 pub fn handle(shared: &Arc<Shared>, req: &Incoming) -> Action {
     let now = Instant::now();
-    let host = header_str(&req.headers, "host")
-        .unwrap_or("localhost")
-        .to_string();
-    shared
-        .inner
-        .lock()
-        .expect("state lock")
-        .state
-        .record_arrival(now);
+    let host = header_str(&req.headers, "host").unwrap_or("localhost");
+    shared.lock().state.record_arrival(now);
 
     let (auth, key_id) = authenticate(shared, req);
-    let auth = match auth {
-        Ok(a) => a,
+    let (outcome, delay) = match auth {
+        Ok(auth) => {
+            let request_check = check_request(&auth);
+            decide(shared, req, &auth, request_check, now)
+        }
         Err(e) => {
-            let mut inner = shared.inner.lock().expect("state lock");
+            let mut inner = shared.lock();
             if let Some(k) = &key_id {
                 inner.state.record_key_arrival(k, now);
             }
@@ -134,41 +140,74 @@ pub fn handle(shared: &Arc<Shared>, req: &Incoming) -> Action {
                 inner.state.stats.signature_failures += 1;
             }
             inner.state.count_code(e.code);
-            drop(inner);
-            return Action::Answer(error_response(&e, &host, None), Duration::ZERO);
+            (Outcome::Error(e, None), Duration::ZERO)
         }
     };
-    let request_check = check_request(&auth);
+    match outcome {
+        Outcome::Error(e, retry_after) => {
+            Action::Answer(error_response(&e, host, retry_after), delay)
+        }
+        Outcome::Success => Action::Answer(success_response(), delay),
+        Outcome::Reset => Action::Reset(delay),
+        Outcome::Hang(wait) => Action::Hang(delay + wait),
+        Outcome::Malformed(Malformed::Html502) => Action::Answer(html_502(), delay),
+        Outcome::Malformed(Malformed::TruncatedJson) => {
+            let full = json!({ "RequestId": request_id() }).to_string();
+            let cut = &full[..full.len() / 2];
+            Action::Answer(
+                raw_response(200, "application/json;charset=utf-8", cut),
+                delay,
+            )
+        }
+        Outcome::Malformed(Malformed::Empty) => Action::Answer(
+            raw_response(200, "application/json;charset=utf-8", ""),
+            delay,
+        ),
+    }
+}
 
-    let mut guard = shared.inner.lock().expect("state lock");
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("emulator state lock poisoned")
+    }
+}
+
+/// The bookkeeping of an authenticated request, under one short lock: nonce, throttling,
+/// the precomputed parameter check, the fault draw and the registry. Returns the outcome and
+/// the added latency.
+fn decide(
+    shared: &Shared,
+    req: &Incoming,
+    auth: &Authenticated,
+    request_check: Result<(String, String), ApiError>,
+    now: Instant,
+) -> (Outcome, Duration) {
+    let mut guard = shared.lock();
     let Inner { state, plan } = &mut *guard;
     state.record_key_arrival(&auth.key_id, now);
     if !state
         .nonces
         .check_and_insert(&auth.key_id, &auth.nonce, now)
     {
+        state.count_code("SignatureNonceUsed");
         let e = ApiError::new(
             400,
             "SignatureNonceUsed",
             "Specified signature nonce was used already.",
         );
-        state.count_code(e.code);
-        return Action::Answer(error_response(&e, &host, None), Duration::ZERO);
+        return (Outcome::Error(e, None), Duration::ZERO);
     }
 
-    // Throttling: both windows are checked before either records, so a refused call counts
-    // against neither.
-    let key_window = state
+    // Both windows are checked before either records, so a refused call counts against neither.
+    let key_full = state
         .accepted_by_key
         .entry(auth.key_id.clone())
-        .or_default();
-    let key_full = key_window.count(now) >= u64::from(shared.rate_limit);
-    let ip_full = match shared.ip_limit {
-        Some(limit) => {
-            state.accepted_by_ip.entry(req.peer).or_default().count(now) >= u64::from(limit)
-        }
-        None => false,
-    };
+        .or_default()
+        .count(now)
+        >= u64::from(shared.rate_limit);
+    let ip_full = shared.ip_limit.is_some_and(|limit| {
+        state.accepted_by_ip.entry(req.peer).or_default().count(now) >= u64::from(limit)
+    });
     if key_full || ip_full {
         let e = if key_full {
             ApiError::new(
@@ -182,22 +221,13 @@ pub fn handle(shared: &Arc<Shared>, req: &Incoming) -> Action {
         };
         state.stats.throttled += 1;
         state.count_code(e.code);
-        return Action::Answer(
-            error_response(&e, &host, shared.retry_after_ms),
-            Duration::ZERO,
-        );
+        return (Outcome::Error(e, shared.retry_after_ms), Duration::ZERO);
     }
-    state
-        .accepted_by_key
-        .get_mut(&auth.key_id)
-        .expect("inserted above")
-        .record(now);
-    if shared.ip_limit.is_some() {
-        state
-            .accepted_by_ip
-            .get_mut(&req.peer)
-            .expect("inserted above")
-            .record(now);
+    if let Some(w) = state.accepted_by_key.get_mut(&auth.key_id) {
+        w.record(now);
+    }
+    if let Some(w) = state.accepted_by_ip.get_mut(&req.peer) {
+        w.record(now);
     }
     state.accepted_all.record(now);
     state.stats.accepted += 1;
@@ -211,10 +241,11 @@ pub fn handle(shared: &Arc<Shared>, req: &Incoming) -> Action {
         Ok(ids) => ids,
         Err(e) => {
             state.count_code(e.code);
-            return Action::Answer(error_response(&e, &host, None), Duration::ZERO);
+            return (Outcome::Error(e, None), Duration::ZERO);
         }
     };
 
+    // Faults apply only from here on: to requests that would otherwise be served.
     let fault = plan.draw();
     let delay = plan.delay();
     let deregister = |state: &mut State| -> bool {
@@ -224,99 +255,91 @@ pub fn handle(shared: &Arc<Shared>, req: &Incoming) -> Action {
         }
         done
     };
-    let fault_error = |code: &'static str, status: u16, message: &str| {
-        Action::Answer(
-            error_response(&ApiError::new(status, code, message), &host, None),
-            delay,
-        )
+    // Resets, hangs and malformed answers may strike after the work was done, as in real life.
+    let deregister_under_fault = |state: &mut State, first: bool| {
+        if first && deregister(state) {
+            state.stats.deregistered_under_fault += 1;
+        }
     };
-    match fault {
+    let outcome = match fault {
         None => {
             if deregister(state) {
                 state.record_success(&instance, now);
                 state.count_code("OK");
-                Action::Answer(success_response(), delay)
+                Outcome::Success
             } else {
-                let e = ApiError::new(
-                    400,
-                    "DeviceCredentialNotFound",
-                    "The device credential is not found.",
-                );
-                state.count_code(e.code);
-                Action::Answer(error_response(&e, &host, None), delay)
+                state.count_code("DeviceCredentialNotFound");
+                Outcome::Error(
+                    ApiError::new(
+                        400,
+                        "DeviceCredentialNotFound",
+                        "The device credential is not found.",
+                    ),
+                    None,
+                )
             }
         }
         Some(Fault::SystemOverflow) => {
             state.stats.faults_injected.system_overflow += 1;
             state.count_code("SystemOverFlow");
-            fault_error(
-                "SystemOverFlow",
-                500,
-                "The system is overloaded, please try again later.",
+            Outcome::Error(
+                ApiError::new(
+                    500,
+                    "SystemOverFlow",
+                    "The system is overloaded, please try again later.",
+                ),
+                None,
             )
         }
         Some(Fault::InternalError) => {
             state.stats.faults_injected.internal_error += 1;
             state.count_code("InternalError");
-            fault_error(
-                "InternalError",
-                500,
-                "The request processing has failed due to some unknown error.",
+            Outcome::Error(
+                ApiError::new(
+                    500,
+                    "InternalError",
+                    "The request processing has failed due to some unknown error.",
+                ),
+                None,
             )
         }
         Some(Fault::ApplyTokenOverflow) => {
             state.stats.faults_injected.apply_token_overflow += 1;
             state.count_code("ApplyTokenOverFlow");
-            fault_error(
-                "ApplyTokenOverFlow",
-                400,
-                "Too many token applications, please try again later.",
+            Outcome::Error(
+                ApiError::new(
+                    400,
+                    "ApplyTokenOverFlow",
+                    "Too many token applications, please try again later.",
+                ),
+                None,
             )
         }
         Some(Fault::Reset { deregister_first }) => {
             state.stats.faults_injected.reset += 1;
-            if deregister_first && deregister(state) {
-                state.stats.deregistered_under_fault += 1;
-            }
-            Action::Reset(delay)
+            deregister_under_fault(state, deregister_first);
+            Outcome::Reset
         }
         Some(Fault::Hang { deregister_first }) => {
             state.stats.faults_injected.hang += 1;
-            if deregister_first && deregister(state) {
-                state.stats.deregistered_under_fault += 1;
-            }
-            Action::Hang(delay + Duration::from_millis(plan.hang_ms()))
+            deregister_under_fault(state, deregister_first);
+            Outcome::Hang(Duration::from_millis(plan.hang_ms()))
         }
         Some(Fault::Malformed {
             kind,
             deregister_first,
         }) => {
-            if deregister_first && deregister(state) {
-                state.stats.deregistered_under_fault += 1;
+            let c = &mut state.stats.faults_injected;
+            match kind {
+                Malformed::Html502 => c.malformed_html += 1,
+                Malformed::TruncatedJson => c.malformed_truncated += 1,
+                Malformed::Empty => c.malformed_empty += 1,
             }
-            let f = &mut state.stats.faults_injected;
-            let resp = match kind {
-                Malformed::Html502 => {
-                    f.malformed_html += 1;
-                    html_502()
-                }
-                Malformed::TruncatedJson => {
-                    f.malformed_truncated += 1;
-                    let full = json!({ "RequestId": request_id() }).to_string();
-                    raw_response(
-                        200,
-                        "application/json;charset=utf-8",
-                        &full[..full.len() / 2],
-                    )
-                }
-                Malformed::Empty => {
-                    f.malformed_empty += 1;
-                    raw_response(200, "application/json;charset=utf-8", "")
-                }
-            };
-            Action::Answer(resp, delay)
+            deregister_under_fault(state, deregister_first);
+            Outcome::Malformed(kind)
         }
-    }
+    };
+    (outcome, delay)
 }
 
 /// Version, action and parameters; returns `(InstanceId, ClientId)`.
