@@ -49,8 +49,8 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 /// How long shutdown lets in-flight requests finish before dropping their connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// One AccessKey the emulator accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One AccessKey the emulator accepts. `Debug` redacts the secret and the token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct AccessKey {
     /// The AccessKeyId.
     pub id: String,
@@ -58,6 +58,19 @@ pub struct AccessKey {
     pub secret: String,
     /// When set, requests with this key must present exactly this STS SecurityToken.
     pub security_token: Option<String>,
+}
+
+impl std::fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKey")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .field(
+                "security_token",
+                &self.security_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl AccessKey {
@@ -341,5 +354,31 @@ fn set_zero_linger(fd: std::os::fd::RawFd) {
     };
     if rc != 0 {
         tracing::debug!("SO_LINGER could not be set; the fault closes with a FIN instead");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_secrets_or_tokens() {
+        let key = AccessKey {
+            id: "id1".into(),
+            secret: "s3cret".into(),
+            security_token: Some("t0ken".into()),
+        };
+        let shown = format!(
+            "{:?}",
+            EmulatorSettings {
+                keys: vec![key],
+                ..EmulatorSettings::default()
+            }
+        );
+        assert!(shown.contains("id1"));
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("t0ken"),
+            "{shown}"
+        );
     }
 }
