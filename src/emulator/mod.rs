@@ -6,6 +6,22 @@
 //! order of checks), `auth` and `verify` (signatures), `state` (registry, nonces, windows,
 //! stats), `faults` (seeded fault plan), `answer` (response bodies).
 //! Invariant: the state lock is never held across an await.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use deregd::emulator::{Emulator, EmulatorSettings, Faults, Registry};
+//! let emulator = Emulator::start(EmulatorSettings {
+//!     rate_limit: 20,
+//!     registry: Registry::all_except(vec![("mqtt-cn-x", "GID_test@@@never")]),
+//!     faults: Faults { p_system_overflow: 0.1, ..Faults::default() },
+//!     ..EmulatorSettings::default()
+//! })
+//! .await?;
+//! let base_url = emulator.endpoint(); // point the client here, key testid / testsecret
+//! let stats = emulator.shutdown().await;
+//! assert!(stats.max_accepted_per_sliding_second <= 20);
+//! # Ok(()) }
+//! ```
 
 mod answer;
 mod auth;
