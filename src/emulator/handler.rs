@@ -9,24 +9,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chrono::{DateTime, NaiveDateTime, Utc};
-use http_body_util::Full;
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
-use hyper::{Response, StatusCode};
-use rand::Rng;
+use hyper::header::HeaderMap;
+use hyper::Response;
 use serde_json::json;
 
+use super::answer::{
+    error_response, html_502, raw_response, request_id, success_response, ApiError, Body,
+};
+use super::auth::{authenticate, header_str, param, Authenticated};
 use super::faults::{Fault, FaultPlan, Malformed};
 use super::state::{State, MAX_RECORDED_OFFSETS};
-use super::verify;
 use super::AccessKey;
 
 /// The only API version this emulator serves.
 pub const API_VERSION: &str = "2020-04-20";
 /// The one action it implements.
 pub const ACTION: &str = "UnRegisterDeviceCredential";
-/// Largest skew between a request's timestamp and the emulator's clock.
-const MAX_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 
 /// Other real onsmqtt 2020-04-20 actions: known to the gateway, not served here.
 const OTHER_ACTIONS: &[&str] = &[
@@ -58,9 +56,6 @@ const OTHER_ACTIONS: &[&str] = &[
     "UpdateCustomAuthPermission",
     "DeleteCustomAuthPermission",
 ];
-
-/// Response body type of every answer.
-pub type Body = Full<Bytes>;
 
 /// Settings and state shared by all connections.
 #[derive(Debug)]
@@ -116,60 +111,30 @@ pub enum Action {
     Hang(Duration),
 }
 
-/// An error answer in the gateway's format.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    status: u16,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn incomplete(why: &str) -> ApiError {
-        ApiError::new(
-            400,
-            "IncompleteSignature",
-            format!("The request signature does not conform to Aliyun standards. ({why})"),
-        )
-    }
-}
-
-/// Result of authentication.
+/// What the locked bookkeeping decided; turned into a response after the lock is released.
 #[derive(Debug)]
-struct Authenticated {
-    key_id: String,
-    nonce: String,
-    action: String,
-    version: String,
-    params: Vec<(String, String)>,
+enum Outcome {
+    Error(ApiError, Option<u64>),
+    Success,
+    Reset,
+    Hang(Duration),
+    Malformed(Malformed),
 }
 
 /// Handles one API request (the stats endpoint is handled by the caller).
 pub fn handle(shared: &Arc<Shared>, req: &Incoming) -> Action {
     let now = Instant::now();
-    let host = header_str(&req.headers, "host")
-        .unwrap_or("localhost")
-        .to_string();
-    shared
-        .inner
-        .lock()
-        .expect("state lock")
-        .state
-        .record_arrival(now);
+    let host = header_str(&req.headers, "host").unwrap_or("localhost");
+    shared.lock().state.record_arrival(now);
 
     let (auth, key_id) = authenticate(shared, req);
-    let auth = match auth {
-        Ok(a) => a,
+    let (outcome, delay) = match auth {
+        Ok(auth) => {
+            let request_check = check_request(&auth);
+            decide(shared, req, &auth, request_check, now)
+        }
         Err(e) => {
-            let mut inner = shared.inner.lock().expect("state lock");
+            let mut inner = shared.lock();
             if let Some(k) = &key_id {
                 inner.state.record_key_arrival(k, now);
             }
@@ -177,41 +142,74 @@ pub fn handle(shared: &Arc<Shared>, req: &Incoming) -> Action {
                 inner.state.stats.signature_failures += 1;
             }
             inner.state.count_code(e.code);
-            drop(inner);
-            return Action::Answer(error_response(&e, &host, None), Duration::ZERO);
+            (Outcome::Error(e, None), Duration::ZERO)
         }
     };
-    let request_check = check_request(&auth);
+    match outcome {
+        Outcome::Error(e, retry_after) => {
+            Action::Answer(error_response(&e, host, retry_after), delay)
+        }
+        Outcome::Success => Action::Answer(success_response(), delay),
+        Outcome::Reset => Action::Reset(delay),
+        Outcome::Hang(wait) => Action::Hang(delay + wait),
+        Outcome::Malformed(Malformed::Html502) => Action::Answer(html_502(), delay),
+        Outcome::Malformed(Malformed::TruncatedJson) => {
+            let full = json!({ "RequestId": request_id() }).to_string();
+            let cut = &full[..full.len() / 2];
+            Action::Answer(
+                raw_response(200, "application/json;charset=utf-8", cut),
+                delay,
+            )
+        }
+        Outcome::Malformed(Malformed::Empty) => Action::Answer(
+            raw_response(200, "application/json;charset=utf-8", ""),
+            delay,
+        ),
+    }
+}
 
-    let mut guard = shared.inner.lock().expect("state lock");
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("emulator state lock poisoned")
+    }
+}
+
+/// The bookkeeping of an authenticated request, under one short lock: nonce, throttling,
+/// the precomputed parameter check, the fault draw and the registry. Returns the outcome and
+/// the added latency.
+fn decide(
+    shared: &Shared,
+    req: &Incoming,
+    auth: &Authenticated,
+    request_check: Result<(String, String), ApiError>,
+    now: Instant,
+) -> (Outcome, Duration) {
+    let mut guard = shared.lock();
     let Inner { state, plan } = &mut *guard;
     state.record_key_arrival(&auth.key_id, now);
     if !state
         .nonces
         .check_and_insert(&auth.key_id, &auth.nonce, now)
     {
+        state.count_code("SignatureNonceUsed");
         let e = ApiError::new(
             400,
             "SignatureNonceUsed",
             "Specified signature nonce was used already.",
         );
-        state.count_code(e.code);
-        return Action::Answer(error_response(&e, &host, None), Duration::ZERO);
+        return (Outcome::Error(e, None), Duration::ZERO);
     }
 
-    // Throttling: both windows are checked before either records, so a refused call counts
-    // against neither.
-    let key_window = state
+    // Both windows are checked before either records, so a refused call counts against neither.
+    let key_full = state
         .accepted_by_key
         .entry(auth.key_id.clone())
-        .or_default();
-    let key_full = key_window.count(now) >= u64::from(shared.rate_limit);
-    let ip_full = match shared.ip_limit {
-        Some(limit) => {
-            state.accepted_by_ip.entry(req.peer).or_default().count(now) >= u64::from(limit)
-        }
-        None => false,
-    };
+        .or_default()
+        .count(now)
+        >= u64::from(shared.rate_limit);
+    let ip_full = shared.ip_limit.is_some_and(|limit| {
+        state.accepted_by_ip.entry(req.peer).or_default().count(now) >= u64::from(limit)
+    });
     if key_full || ip_full {
         let e = if key_full {
             ApiError::new(
@@ -225,22 +223,13 @@ pub fn handle(shared: &Arc<Shared>, req: &Incoming) -> Action {
         };
         state.stats.throttled += 1;
         state.count_code(e.code);
-        return Action::Answer(
-            error_response(&e, &host, shared.retry_after_ms),
-            Duration::ZERO,
-        );
+        return (Outcome::Error(e, shared.retry_after_ms), Duration::ZERO);
     }
-    state
-        .accepted_by_key
-        .get_mut(&auth.key_id)
-        .expect("inserted above")
-        .record(now);
-    if shared.ip_limit.is_some() {
-        state
-            .accepted_by_ip
-            .get_mut(&req.peer)
-            .expect("inserted above")
-            .record(now);
+    if let Some(w) = state.accepted_by_key.get_mut(&auth.key_id) {
+        w.record(now);
+    }
+    if let Some(w) = state.accepted_by_ip.get_mut(&req.peer) {
+        w.record(now);
     }
     state.accepted_all.record(now);
     state.stats.accepted += 1;
@@ -254,7 +243,7 @@ pub fn handle(shared: &Arc<Shared>, req: &Incoming) -> Action {
         Ok(ids) => ids,
         Err(e) => {
             state.count_code(e.code);
-            return Action::Answer(error_response(&e, &host, None), Duration::ZERO);
+            return (Outcome::Error(e, None), Duration::ZERO);
         }
     };
 
@@ -265,9 +254,10 @@ pub fn handle(shared: &Arc<Shared>, req: &Incoming) -> Action {
             format!("No permission on the instance {instance}."),
         );
         state.count_code(e.code);
-        return Action::Answer(error_response(&e, &host, None), Duration::ZERO);
+        return (Outcome::Error(e, None), Duration::ZERO);
     }
 
+    // Faults apply only from here on: to requests that would otherwise be served.
     let fault = plan.draw();
     let delay = plan.delay();
     let deregister = |state: &mut State| -> bool {
@@ -277,255 +267,91 @@ pub fn handle(shared: &Arc<Shared>, req: &Incoming) -> Action {
         }
         done
     };
-    let fault_error = |code: &'static str, status: u16, message: &str| {
-        Action::Answer(
-            error_response(&ApiError::new(status, code, message), &host, None),
-            delay,
-        )
+    // Resets, hangs and malformed answers may strike after the work was done, as in real life.
+    let deregister_under_fault = |state: &mut State, first: bool| {
+        if first && deregister(state) {
+            state.stats.deregistered_under_fault += 1;
+        }
     };
-    match fault {
+    let outcome = match fault {
         None => {
             if deregister(state) {
                 state.record_success(&instance, now);
                 state.count_code("OK");
-                Action::Answer(success_response(), delay)
+                Outcome::Success
             } else {
-                let e = ApiError::new(
-                    400,
-                    "DeviceCredentialNotFound",
-                    "The device credential is not found.",
-                );
-                state.count_code(e.code);
-                Action::Answer(error_response(&e, &host, None), delay)
+                state.count_code("DeviceCredentialNotFound");
+                Outcome::Error(
+                    ApiError::new(
+                        400,
+                        "DeviceCredentialNotFound",
+                        "The device credential is not found.",
+                    ),
+                    None,
+                )
             }
         }
         Some(Fault::SystemOverflow) => {
             state.stats.faults_injected.system_overflow += 1;
             state.count_code("SystemOverFlow");
-            fault_error(
-                "SystemOverFlow",
-                500,
-                "The system is overloaded, please try again later.",
+            Outcome::Error(
+                ApiError::new(
+                    500,
+                    "SystemOverFlow",
+                    "The system is overloaded, please try again later.",
+                ),
+                None,
             )
         }
         Some(Fault::InternalError) => {
             state.stats.faults_injected.internal_error += 1;
             state.count_code("InternalError");
-            fault_error(
-                "InternalError",
-                500,
-                "The request processing has failed due to some unknown error.",
+            Outcome::Error(
+                ApiError::new(
+                    500,
+                    "InternalError",
+                    "The request processing has failed due to some unknown error.",
+                ),
+                None,
             )
         }
         Some(Fault::ApplyTokenOverflow) => {
             state.stats.faults_injected.apply_token_overflow += 1;
             state.count_code("ApplyTokenOverFlow");
-            fault_error(
-                "ApplyTokenOverFlow",
-                400,
-                "Too many token applications, please try again later.",
+            Outcome::Error(
+                ApiError::new(
+                    400,
+                    "ApplyTokenOverFlow",
+                    "Too many token applications, please try again later.",
+                ),
+                None,
             )
         }
         Some(Fault::Reset { deregister_first }) => {
             state.stats.faults_injected.reset += 1;
-            if deregister_first && deregister(state) {
-                state.stats.deregistered_under_fault += 1;
-            }
-            Action::Reset(delay)
+            deregister_under_fault(state, deregister_first);
+            Outcome::Reset
         }
         Some(Fault::Hang { deregister_first }) => {
             state.stats.faults_injected.hang += 1;
-            if deregister_first && deregister(state) {
-                state.stats.deregistered_under_fault += 1;
-            }
-            Action::Hang(delay + Duration::from_millis(plan.hang_ms()))
+            deregister_under_fault(state, deregister_first);
+            Outcome::Hang(Duration::from_millis(plan.hang_ms()))
         }
         Some(Fault::Malformed {
             kind,
             deregister_first,
         }) => {
-            if deregister_first && deregister(state) {
-                state.stats.deregistered_under_fault += 1;
+            let c = &mut state.stats.faults_injected;
+            match kind {
+                Malformed::Html502 => c.malformed_html += 1,
+                Malformed::TruncatedJson => c.malformed_truncated += 1,
+                Malformed::Empty => c.malformed_empty += 1,
             }
-            let f = &mut state.stats.faults_injected;
-            let resp = match kind {
-                Malformed::Html502 => {
-                    f.malformed_html += 1;
-                    html_502()
-                }
-                Malformed::TruncatedJson => {
-                    f.malformed_truncated += 1;
-                    let full = json!({ "RequestId": request_id() }).to_string();
-                    raw_response(
-                        200,
-                        "application/json;charset=utf-8",
-                        &full[..full.len() / 2],
-                    )
-                }
-                Malformed::Empty => {
-                    f.malformed_empty += 1;
-                    raw_response(200, "application/json;charset=utf-8", "")
-                }
-            };
-            Action::Answer(resp, delay)
+            deregister_under_fault(state, deregister_first);
+            Outcome::Malformed(kind)
         }
-    }
-}
-
-/// Authenticates `req`; also returns the AccessKeyId once it is known to exist.
-fn authenticate(
-    shared: &Shared,
-    req: &Incoming,
-) -> (Result<Authenticated, ApiError>, Option<String>) {
-    let authorization = header_str(&req.headers, "authorization");
-    let mut query = verify::parse_pairs(&req.query);
-    let form = if is_form(&req.headers) {
-        verify::parse_pairs(&String::from_utf8_lossy(&req.body))
-    } else {
-        Vec::new()
     };
-    match authorization {
-        Some(a) if a.trim_start().starts_with(verify::V3_ALGORITHM) => {
-            let Some(parsed) = verify::parse_v3_authorization(a) else {
-                return (
-                    Err(ApiError::incomplete("malformed Authorization header")),
-                    None,
-                );
-            };
-            let Some(key) = shared.keys.get(&parsed.access_key_id) else {
-                return (Err(key_not_found()), None);
-            };
-            let key_id = Some(key.id.clone());
-            let result = verify_v3(key, parsed, req, &query).map(|mut auth| {
-                auth.params = std::mem::take(&mut query);
-                auth.params.extend(form);
-                auth
-            });
-            (result, key_id)
-        }
-        Some(_) if !query.iter().chain(&form).any(|(k, _)| k == "Signature") => (
-            Err(ApiError::incomplete("unsupported Authorization scheme")),
-            None,
-        ),
-        _ => {
-            query.extend(form);
-            let Some(id) = param(&query, "AccessKeyId") else {
-                return (Err(ApiError::incomplete("missing AccessKeyId")), None);
-            };
-            let Some(key) = shared.keys.get(id) else {
-                return (Err(key_not_found()), None);
-            };
-            let key_id = Some(key.id.clone());
-            (verify_v2(key, req, query), key_id)
-        }
-    }
-}
-
-fn verify_v3(
-    key: &AccessKey,
-    auth: verify::V3Authorization,
-    req: &Incoming,
-    query: &[(String, String)],
-) -> Result<Authenticated, ApiError> {
-    let signed = &auth.signed_headers;
-    if !signed.iter().any(|h| h == "host") {
-        return Err(ApiError::incomplete("host must be a signed header"));
-    }
-    // Every x-acs-* header the client sends must be covered by the signature.
-    for name in req.headers.keys() {
-        if name.as_str().starts_with("x-acs-") && !signed.iter().any(|h| h == name.as_str()) {
-            return Err(ApiError::incomplete(&format!(
-                "{name} must be a signed header"
-            )));
-        }
-    }
-    let mut headers = Vec::with_capacity(signed.len());
-    for name in signed {
-        let values: Vec<&str> = req
-            .headers
-            .get_all(name.as_str())
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .collect();
-        if values.is_empty() {
-            return Err(ApiError::incomplete(&format!(
-                "signed header {name} is absent"
-            )));
-        }
-        headers.push((name.clone(), values.join(",")));
-    }
-    let date = header_str(&req.headers, "x-acs-date")
-        .ok_or_else(|| ApiError::incomplete("missing x-acs-date"))?;
-    let nonce = header_str(&req.headers, "x-acs-signature-nonce")
-        .ok_or_else(|| ApiError::incomplete("missing x-acs-signature-nonce"))?;
-    check_timestamp(date)?;
-
-    let body_hash = verify::sha256_hex(&req.body);
-    let declared = header_str(&req.headers, "x-acs-content-sha256").unwrap_or(&body_hash);
-    let canonical = verify::v3_canonical_request(&verify::V3Input {
-        method: &req.method,
-        path: &req.path,
-        query,
-        headers: &headers,
-        payload_hash: declared,
-    });
-    let string_to_sign = verify::v3_string_to_sign(&canonical);
-    let expected = verify::v3_signature(&key.secret, &string_to_sign);
-    // A body that does not match its declared hash is as unsigned as a wrong signature.
-    if !declared.eq_ignore_ascii_case(&body_hash)
-        || !verify::constant_time_eq(expected.as_bytes(), auth.signature.as_bytes())
-    {
-        return Err(signature_mismatch(&string_to_sign));
-    }
-    check_token(key, header_str(&req.headers, "x-acs-security-token"))?;
-    Ok(Authenticated {
-        key_id: key.id.clone(),
-        nonce: nonce.to_string(),
-        action: header_str(&req.headers, "x-acs-action")
-            .unwrap_or("")
-            .to_string(),
-        version: header_str(&req.headers, "x-acs-version")
-            .unwrap_or("")
-            .to_string(),
-        params: Vec::new(),
-    })
-}
-
-fn verify_v2(
-    key: &AccessKey,
-    req: &Incoming,
-    params: Vec<(String, String)>,
-) -> Result<Authenticated, ApiError> {
-    let signature = param(&params, "Signature").unwrap_or_default();
-    if param(&params, "SignatureMethod") != Some("HMAC-SHA1") {
-        return Err(ApiError::incomplete("SignatureMethod must be HMAC-SHA1"));
-    }
-    if param(&params, "SignatureVersion") != Some("1.0") {
-        return Err(ApiError::incomplete("SignatureVersion must be 1.0"));
-    }
-    let nonce = param(&params, "SignatureNonce")
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::incomplete("missing SignatureNonce"))?
-        .to_string();
-    let timestamp =
-        param(&params, "Timestamp").ok_or_else(|| ApiError::incomplete("missing Timestamp"))?;
-    check_timestamp(timestamp)?;
-    let string_to_sign = verify::v2_string_to_sign(&req.method, &params);
-    let expected = verify::v2_signature(&key.secret, &string_to_sign);
-    if !verify::constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
-        return Err(signature_mismatch(&string_to_sign));
-    }
-    check_token(key, param(&params, "SecurityToken"))?;
-    let action = param(&params, "Action").unwrap_or("").to_string();
-    let version = param(&params, "Version").unwrap_or("").to_string();
-    Ok(Authenticated {
-        key_id: key.id.clone(),
-        nonce,
-        action,
-        version,
-        params,
-    })
+    (outcome, delay)
 }
 
 /// Version, action and parameters; returns `(InstanceId, ClientId)`.
@@ -597,147 +423,6 @@ pub fn is_valid_client_id(client: &str) -> bool {
         && allowed(device)
 }
 
-fn check_timestamp(value: &str) -> Result<(), ApiError> {
-    let parsed = NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%SZ")
-        .map(|n| n.and_utc())
-        .or_else(|_| DateTime::parse_from_rfc3339(value).map(|d| d.with_timezone(&Utc)));
-    let Ok(at) = parsed else {
-        return Err(ApiError::new(
-            400,
-            "InvalidTimeStamp.Format",
-            "Specified time stamp or date value is not well formatted.",
-        ));
-    };
-    if (Utc::now() - at).abs() > MAX_SKEW {
-        return Err(ApiError::new(
-            400,
-            "InvalidTimeStamp.Expired",
-            "Specified time stamp or date value is expired.",
-        ));
-    }
-    Ok(())
-}
-
-fn check_token(key: &AccessKey, presented: Option<&str>) -> Result<(), ApiError> {
-    match (&key.security_token, presented) {
-        (None, _) => Ok(()),
-        (Some(_), None) => Err(ApiError::new(
-            400,
-            "InvalidSecurityToken.Missing",
-            "The SecurityToken is required for this AccessKeyId.",
-        )),
-        (Some(want), Some(got)) if verify::constant_time_eq(want.as_bytes(), got.as_bytes()) => {
-            Ok(())
-        }
-        (Some(_), Some(_)) => Err(ApiError::new(
-            400,
-            "InvalidSecurityToken.Expired",
-            "Specified SecurityToken is expired.",
-        )),
-    }
-}
-
-fn key_not_found() -> ApiError {
-    ApiError::new(
-        404,
-        "InvalidAccessKeyId.NotFound",
-        "Specified access key is not found.",
-    )
-}
-
-fn signature_mismatch(string_to_sign: &str) -> ApiError {
-    ApiError::new(
-        400,
-        "SignatureDoesNotMatch",
-        format!(
-            "Specified signature is not matched with our calculation. server string to sign is:{string_to_sign}"
-        ),
-    )
-}
-
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn is_form(headers: &HeaderMap) -> bool {
-    header_str(headers, "content-type")
-        .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"))
-}
-
-/// A RequestId shaped like the gateway's: upper-case hex, 8-4-4-4-12.
-pub fn request_id() -> String {
-    let b: [u8; 16] = rand::thread_rng().gen();
-    let h = hex::encode_upper(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-fn success_response() -> Response<Body> {
-    let id = request_id();
-    let body = json!({ "RequestId": id }).to_string();
-    let mut resp = raw_response(200, "application/json;charset=utf-8", &body);
-    set_request_id(&mut resp, &id);
-    resp
-}
-
-fn error_response(e: &ApiError, host: &str, retry_after_ms: Option<u64>) -> Response<Body> {
-    let id = request_id();
-    let body = json!({
-        "RequestId": id,
-        "Message": e.message,
-        "HostId": host,
-        "Code": e.code,
-        "Recommend": format!("https://api.aliyun.com/troubleshoot?q={}&product=OnsMqtt&requestId={id}", e.code),
-    })
-    .to_string();
-    let mut resp = raw_response(e.status, "application/json;charset=utf-8", &body);
-    set_request_id(&mut resp, &id);
-    if let Some(ms) = retry_after_ms {
-        resp.headers_mut()
-            .insert("x-acs-retry-after", HeaderValue::from(ms));
-    }
-    resp
-}
-
-fn html_502() -> Response<Body> {
-    raw_response(
-        502,
-        "text/html",
-        "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>Tengine</center>\r\n</body>\r\n</html>\r\n",
-    )
-}
-
-/// A response with `status`, `content_type` and `body`.
-pub fn raw_response(status: u16, content_type: &str, body: &str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
-    *resp.status_mut() = StatusCode::from_u16(status).expect("valid status");
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_str(content_type).expect("valid content type"),
-    );
-    resp
-}
-
-fn set_request_id(resp: &mut Response<Body>, id: &str) {
-    resp.headers_mut().insert(
-        "x-acs-request-id",
-        HeaderValue::from_str(id).expect("hex request id"),
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,28 +445,5 @@ mod tests {
             "GID_test@@@{}",
             "x".repeat(53)
         )));
-    }
-
-    #[test]
-    fn timestamps_are_checked_for_format_and_skew() {
-        let now = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
-        assert!(check_timestamp(&now).is_ok());
-        assert_eq!(
-            check_timestamp("2024-01-01T00:00:00Z").unwrap_err().code,
-            "InvalidTimeStamp.Expired"
-        );
-        assert_eq!(
-            check_timestamp("yesterday").unwrap_err().code,
-            "InvalidTimeStamp.Format"
-        );
-    }
-
-    #[test]
-    fn request_ids_look_like_the_gateway_s() {
-        let id = request_id();
-        assert_eq!(id.len(), 36);
-        assert!(id
-            .chars()
-            .all(|c| c == '-' || c.is_ascii_digit() || c.is_ascii_uppercase()));
     }
 }

@@ -2,14 +2,33 @@
 //!
 //! Serves `UnRegisterDeviceCredential` over plain HTTP/1.1 on loopback and behaves like the
 //! vendor gateway: both signature schemes, timestamps, nonces, sliding-second throttling,
-//! a credential registry, and seeded faults. Layout: `verify` (signatures), `state`
-//! (registry, nonces, windows, stats), `faults` (seeded fault plan), `handler` (one request).
+//! a credential registry, and seeded faults. Layout: `handler` (one request, in the gateway's
+//! order of checks), `auth` and `verify` (signatures), `state` (registry, nonces, windows,
+//! stats), `faults` (seeded fault plan), `answer` (response bodies).
 //! Invariant: the state lock is never held across an await.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use deregd::emulator::{Emulator, EmulatorSettings, Faults, Registry};
+//! let emulator = Emulator::start(EmulatorSettings {
+//!     rate_limit: 20,
+//!     registry: Registry::all_except(vec![("mqtt-cn-x", "GID_test@@@never")]),
+//!     faults: Faults { p_system_overflow: 0.1, ..Faults::default() },
+//!     ..EmulatorSettings::default()
+//! })
+//! .await?;
+//! let base_url = emulator.endpoint(); // point the client here, key testid / testsecret
+//! let stats = emulator.shutdown().await;
+//! assert!(stats.max_accepted_per_sliding_second <= 20);
+//! # Ok(()) }
+//! ```
 
+mod answer;
+mod auth;
 mod faults;
 mod handler;
 mod state;
-pub mod verify;
+mod verify;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,11 +47,13 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-pub use faults::{Fault, FaultPlan, Faults, Malformed};
+pub use faults::Faults;
 pub use handler::{is_valid_client_id, API_VERSION};
 pub use state::{max_in_window, FaultCounts, Registry, Stats};
 
-use handler::{Action, Body, Incoming, Inner, Shared};
+use answer::Body;
+use faults::FaultPlan;
+use handler::{Action, Incoming, Inner, Shared};
 use state::State;
 
 /// Path of the stats endpoint (JSON of [`Stats`]).
@@ -44,8 +65,8 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 /// How long shutdown lets in-flight requests finish before dropping their connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// One AccessKey the emulator accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One AccessKey the emulator accepts. `Debug` redacts the secret and the token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct AccessKey {
     /// The AccessKeyId.
     pub id: String,
@@ -53,6 +74,19 @@ pub struct AccessKey {
     pub secret: String,
     /// When set, requests with this key must present exactly this STS SecurityToken.
     pub security_token: Option<String>,
+}
+
+impl std::fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKey")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .field(
+                "security_token",
+                &self.security_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl AccessKey {
@@ -281,12 +315,12 @@ async fn serve_request(
     if parts.uri.path() == STATS_PATH {
         let stats = shared.inner.lock().expect("state lock").state.snapshot();
         let json = serde_json::to_string_pretty(&stats).expect("stats serialise");
-        return Ok(handler::raw_response(200, "application/json", &json));
+        return Ok(answer::raw_response(200, "application/json", &json));
     }
     let body: Bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            return Ok(handler::raw_response(
+            return Ok(answer::raw_response(
                 413,
                 "text/plain",
                 "request body too large",
@@ -341,5 +375,31 @@ fn set_zero_linger(fd: std::os::fd::RawFd) {
     };
     if rc != 0 {
         tracing::debug!("SO_LINGER could not be set; the fault closes with a FIN instead");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_secrets_or_tokens() {
+        let key = AccessKey {
+            id: "id1".into(),
+            secret: "s3cret".into(),
+            security_token: Some("t0ken".into()),
+        };
+        let shown = format!(
+            "{:?}",
+            EmulatorSettings {
+                keys: vec![key],
+                ..EmulatorSettings::default()
+            }
+        );
+        assert!(shown.contains("id1"));
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("t0ken"),
+            "{shown}"
+        );
     }
 }
