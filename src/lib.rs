@@ -4,7 +4,8 @@
 //! Layout: [`config`] (settings), [`db`] (pools, migrations), [`queue`] (the jobs table),
 //! [`billing`] (tps_usage), [`job`] (input rules), [`api`] (signing, HTTP), [`outcome`] (the one
 //! classifier), [`limiter`] (pacing), [`retry`] (delays), [`worker`] (the dispatch loop),
-//! [`dispatcher`] (single-instance lock, heartbeat), [`emulator`] (local stand-in of the API),
+//! [`dispatcher`] (single-instance lock, heartbeat), [`systemd`] (notify, watchdog),
+//! [`metrics`] (Prometheus), [`emulator`] (local stand-in of the API),
 //! [`cli`] (one module per subcommand).
 
 pub mod api;
@@ -18,8 +19,10 @@ pub mod dispatcher;
 pub mod emulator;
 pub mod job;
 pub mod limiter;
+pub mod metrics;
 pub mod outcome;
 pub mod queue;
 pub mod retry;
+pub mod systemd;
 pub mod telemetry;
 pub mod worker;

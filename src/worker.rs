@@ -193,11 +193,16 @@ impl Dispatcher {
                 return Ok(());
             }
             let reload = self.shared.reload.clone();
+            if futures_util::FutureExt::now_or_never(reload.notified()).is_some() {
+                self.reload();
+            }
             if let Some((_, probe_at)) = &self.paused {
                 let probe_at = *probe_at;
                 if Instant::now() < probe_at {
+                    // Wake at least every second: the turn of this loop is the watchdog's pulse.
+                    let wake = probe_at.min(Instant::now() + Duration::from_secs(1));
                     tokio::select! {
-                        _ = tokio::time::sleep_until(probe_at.into()) => {}
+                        _ = tokio::time::sleep_until(wake.into()) => {}
                         _ = reload.notified() => self.reload(),
                         Some(r) = self.results_rx.recv() => self.handle(r),
                         _ = shutdown.cancelled() => return Ok(()),

@@ -85,8 +85,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     let settings = load_settings(&cli)?;
     crate::telemetry::init(settings.log.format, &settings.log.level);
+    let config = cli.config.clone();
     match cli.command {
-        Command::Run(args) => run::run(settings, args).await,
+        Command::Run(args) => run::run(settings, args, config).await,
         Command::Migrate => migrate::run(settings).await,
         Command::Check(args) => check::run(settings, args).await,
         Command::Demo(args) => demo::run(settings, args).await,

@@ -1,5 +1,8 @@
 //! `deregd run [--until-empty]`: the service. Takes the dispatcher lock, opens and migrates the
-//! database, and dispatches until SIGTERM/SIGINT (or until nothing is left).
+//! database, tells systemd it is ready, and dispatches until SIGTERM/SIGINT (or until nothing is
+//! left). SIGHUP reloads `limits.*` and probes a paused dispatch at once.
+
+use std::path::PathBuf;
 
 use clap::Args;
 use tokio_util::sync::CancellationToken;
@@ -8,6 +11,7 @@ use crate::api::ApiClient;
 use crate::config::{Credentials, Settings};
 use crate::db::Db;
 use crate::worker::{self, RunOptions, Shared};
+use crate::{metrics, systemd};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -16,43 +20,91 @@ pub struct RunArgs {
     pub until_empty: bool,
 }
 
-pub async fn run(settings: Settings, args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, args: RunArgs, config: Option<PathBuf>) -> anyhow::Result<()> {
     let credentials = Credentials::load()?;
     let _lock = crate::dispatcher::lock(&settings.database.path)?;
     let db = Db::open(&settings.database.path).await?;
     let client = ApiClient::new(&settings, credentials)?;
+    let shutdown = CancellationToken::new();
+    let shared = Shared::default();
+    let background = CancellationToken::new();
+    if !settings.metrics.listen.is_empty() {
+        let listen = settings.metrics.listen.parse()?;
+        let addr = metrics::serve(listen, db.clone(), shared.clone(), background.clone()).await?;
+        tracing::info!(metrics.listen = %addr, "serving /metrics and /healthz");
+    }
     tracing::info!(
         database = %settings.database.path.display(),
         api.endpoint = %settings.api.endpoint,
+        api.signature = ?settings.api.signature,
         limits.qps = settings.limits.qps,
+        limits.max_in_flight = settings.limits.max_in_flight,
         "dispatching"
     );
-    let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone());
-    let shared = Shared::default();
+    systemd::ready();
+    tokio::spawn(systemd::supervise(
+        db.clone(),
+        shared.clone(),
+        background.clone(),
+    ));
+    spawn_signal_handler(shutdown.clone(), shared.clone(), config);
     let options = RunOptions {
         until_empty: args.until_empty,
     };
     let result = worker::run(db.clone(), client, settings, shutdown, options, shared).await;
+    systemd::stopping();
+    background.cancel();
     db.close().await;
+    if result.is_ok() {
+        tracing::info!("stopped");
+    }
     result
 }
 
-/// First SIGTERM/SIGINT: graceful stop. Second: exit at once (leases are rescued on restart).
-fn spawn_signal_handler(shutdown: CancellationToken) {
+/// SIGTERM/SIGINT: graceful stop; a second one exits at once (leases are rescued on restart).
+/// SIGHUP: reload `limits.*` from the configuration.
+fn spawn_signal_handler(shutdown: CancellationToken, shared: Shared, config: Option<PathBuf>) {
     use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::warn!("cannot install signal handlers");
+        return;
+    };
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::info!("stopping: finishing calls in flight (signal again to exit at once)");
-        shutdown.cancel();
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = hup.recv() => {
+                    reload(&shared, config.as_deref());
+                    continue;
+                }
+            }
+            if shutdown.is_cancelled() {
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(130);
+            }
+            tracing::info!("stopping: finishing calls in flight (signal again to exit at once)");
+            systemd::stopping();
+            shutdown.cancel();
+        }
     });
+}
+
+fn reload(shared: &Shared, config: Option<&std::path::Path>) {
+    systemd::reloading();
+    match Settings::load(config) {
+        Ok(settings) => {
+            *shared.new_limits.lock().expect("not poisoned") = Some(settings.limits);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: configuration not reloaded; keeping the current limits")
+        }
+    }
+    // Even without new limits, a reload probes a paused dispatch at once.
+    shared.reload.notify_one();
+    systemd::ready();
 }

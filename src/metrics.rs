@@ -1,0 +1,241 @@
+//! Prometheus text exposition at `/metrics` and a liveness probe at `/healthz`, served on
+//! `metrics.listen` (off by default). Live numbers come from the dispatch loop's shared stats;
+//! job counts are read from the database at scrape time (read-only pool).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use sqlx::Row;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::db::Db;
+use crate::job::Status;
+use crate::worker::{DispatchStats, Shared};
+
+/// The loop counts as stuck after this long without a turn, milliseconds.
+pub const STUCK_AFTER_MS: i64 = 30_000;
+
+/// Binds `listen` and serves until `shutdown`. Returns the bound address.
+pub async fn serve(
+    listen: SocketAddr,
+    db: Db,
+    shared: Shared,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics.listen {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                },
+                _ = shutdown.cancelled() => return,
+            };
+            let (db, shared) = (db.clone(), shared.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (db, shared) = (db.clone(), shared.clone());
+                    async move { Ok::<_, Infallible>(answer(req.uri().path(), &db, &shared).await) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn answer(path: &str, db: &Db, shared: &Shared) -> Response<Full<Bytes>> {
+    let stats = shared.stats.lock().expect("not poisoned").clone();
+    let (status, content_type, body) = match path {
+        "/metrics" => {
+            let jobs = job_counts(db).await;
+            (
+                200,
+                "text/plain; version=0.0.4",
+                render(&stats, jobs.as_ref().ok()),
+            )
+        }
+        "/healthz" => {
+            if now_ms() - stats.last_progress_ms <= STUCK_AFTER_MS {
+                (200, "text/plain", "ok\n".to_string())
+            } else {
+                (503, "text/plain", "dispatch loop stuck\n".to_string())
+            }
+        }
+        _ => (404, "text/plain", "not found\n".to_string()),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
+}
+
+/// Jobs by status and retries scheduled (pending jobs with attempts).
+pub struct JobCounts {
+    pub by_status: Vec<(String, i64)>,
+    pub scheduled_retries: i64,
+}
+
+async fn job_counts(db: &Db) -> sqlx::Result<JobCounts> {
+    let rows = sqlx::query("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        .fetch_all(&db.reader)
+        .await?;
+    let scheduled_retries: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND attempts > 0")
+            .fetch_one(&db.reader)
+            .await?;
+    Ok(JobCounts {
+        by_status: rows.into_iter().map(|r| (r.get(0), r.get(1))).collect(),
+        scheduled_retries,
+    })
+}
+
+/// The exposition text.
+pub fn render(stats: &DispatchStats, jobs: Option<&JobCounts>) -> String {
+    let mut out = String::new();
+    let mut lines = Vec::new();
+    let name = header(
+        &mut out,
+        "deregd_calls_total",
+        "counter",
+        "API calls made, by answer code (OK = success).",
+    );
+    for (code, n) in &stats.calls_by_code {
+        lines.push(format!("{name}{{code=\"{}\"}} {n}", escape(code)));
+    }
+    flush(&mut out, &mut lines);
+    let name = header(
+        &mut out,
+        "deregd_billed_calls_total",
+        "counter",
+        "Successful calls per instance; each adds to its billed TPS.",
+    );
+    for (instance, n) in &stats.billed_by_instance {
+        lines.push(format!("{name}{{instance=\"{}\"}} {n}", escape(instance)));
+    }
+    flush(&mut out, &mut lines);
+    let name = header(
+        &mut out,
+        "deregd_jobs",
+        "gauge",
+        "Jobs in the database by status.",
+    );
+    if let Some(jobs) = jobs {
+        for status in Status::ALL {
+            let n = jobs
+                .by_status
+                .iter()
+                .find(|(s, _)| s == status.as_str())
+                .map_or(0, |(_, n)| *n);
+            lines.push(format!("{name}{{status=\"{status}\"}} {n}"));
+        }
+    }
+    flush(&mut out, &mut lines);
+    let name = header(
+        &mut out,
+        "deregd_retries_scheduled",
+        "gauge",
+        "Pending jobs waiting for a retry.",
+    );
+    if let Some(jobs) = jobs {
+        lines.push(format!("{name} {}", jobs.scheduled_retries));
+    }
+    flush(&mut out, &mut lines);
+    for (name, help, value) in [
+        (
+            "deregd_pacing_rate_calls_per_second",
+            "Current pacing rate (adaptive).",
+            stats.rate,
+        ),
+        (
+            "deregd_pacing_ceiling_calls_per_second",
+            "Configured ceiling, limits.qps.",
+            stats.ceiling,
+        ),
+        (
+            "deregd_calls_in_flight",
+            "Calls awaiting an answer.",
+            stats.in_flight as f64,
+        ),
+        (
+            "deregd_rejected_total",
+            "Malformed jobs rejected without a call.",
+            stats.rejected as f64,
+        ),
+        (
+            "deregd_paused",
+            "1 while dispatch is paused for the whole account.",
+            stats.paused.is_some() as u8 as f64,
+        ),
+        (
+            "deregd_last_progress_timestamp_seconds",
+            "Last turn of the dispatch loop.",
+            stats.last_progress_ms as f64 / 1000.0,
+        ),
+    ] {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let name = header(&mut out, name, kind, help);
+        lines.push(format!("{name} {value}"));
+        flush(&mut out, &mut lines);
+    }
+    let name = header(
+        &mut out,
+        "deregd_pause_info",
+        "gauge",
+        "Present while paused, with the code that caused it.",
+    );
+    if let Some(p) = &stats.paused {
+        lines.push(format!(
+            "{name}{{scope=\"account\",code=\"{}\"}} 1",
+            escape(&p.code)
+        ));
+    }
+    for (instance, p) in &stats.paused_instances {
+        lines.push(format!(
+            "{name}{{scope=\"instance\",instance=\"{}\",code=\"{}\"}} 1",
+            escape(instance),
+            escape(&p.code)
+        ));
+    }
+    flush(&mut out, &mut lines);
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) -> String {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    name.to_string()
+}
+
+fn flush(out: &mut String, lines: &mut Vec<String>) {
+    for line in lines.drain(..) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
