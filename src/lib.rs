@@ -5,6 +5,7 @@
 //! [`billing`] (tps_usage), [`job`] (input rules), [`api`] (signing, HTTP), [`outcome`] (the one
 //! classifier), [`limiter`] (pacing), [`retry`] (delays), [`worker`] (the dispatch loop),
 //! [`dispatcher`] (single-instance lock, heartbeat), [`emulator`] (local stand-in of the API),
+//! [`intake`] (bulk submission), [`runs`] (operator queries and bulk changes over runs),
 //! [`cli`] (one module per subcommand).
 
 pub mod api;
@@ -16,10 +17,12 @@ pub mod config;
 pub mod db;
 pub mod dispatcher;
 pub mod emulator;
+pub mod intake;
 pub mod job;
 pub mod limiter;
 pub mod outcome;
 pub mod queue;
 pub mod retry;
+pub mod runs;
 pub mod telemetry;
 pub mod worker;
