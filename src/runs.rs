@@ -219,32 +219,36 @@ pub async fn requeue(
         code: code.map(str::to_string),
         ..Filter::default()
     };
-    let count_sql = format!("SELECT COUNT(*) FROM jobs WHERE {FILTER_SQL}");
-    let matched: i64 = bind_filter(sqlx::query(&count_sql), &filter)
+    // Choose the rows with a read (no lock): the newest job of each matching pair.
+    let pick_sql = format!(
+        "SELECT COALESCE(SUM(n), 0), json_group_array(id) FROM
+             (SELECT MAX(id) AS id, COUNT(*) AS n FROM jobs WHERE {FILTER_SQL}
+              GROUP BY instance_id, client_id)"
+    );
+    let row = bind_filter(sqlx::query(&pick_sql), &filter)
         .fetch_one(&db.reader)
-        .await?
-        .get(0);
+        .await?;
+    let matched: i64 = row.get(0);
+    let ids: Vec<i64> = serde_json::from_str(row.get::<&str, _>(1))
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    // Each chunk re-checks status and code (the daemon may have moved a job since) and skips a
+    // pair that is already open, all inside one short statement.
     let update_sql = format!(
         "UPDATE jobs SET status = 'pending', attempts = 0, next_attempt_at = 0, finished_at = NULL,
              lease_owner = NULL, lease_until = NULL, updated_at = ?5
-         WHERE id IN (
-             SELECT MAX(id) FROM jobs AS m WHERE {FILTER_SQL}
-               AND NOT EXISTS (SELECT 1 FROM jobs AS o
-                               WHERE o.instance_id = m.instance_id AND o.client_id = m.client_id
-                                 AND o.status IN ('pending', 'running'))
-             GROUP BY instance_id, client_id LIMIT ?6)"
+         WHERE id IN (SELECT value FROM json_each(?6)) AND {FILTER_SQL}
+           AND NOT EXISTS (SELECT 1 FROM jobs AS o
+                           WHERE o.instance_id = jobs.instance_id AND o.client_id = jobs.client_id
+                             AND o.status IN ('pending', 'running'))"
     );
     let mut requeued = 0;
-    loop {
+    for chunk in ids.chunks(CHUNK_ROWS as usize) {
         let result = bind_filter(sqlx::query(&update_sql), &filter)
             .bind(now_ms())
-            .bind(CHUNK_ROWS)
+            .bind(serde_json::to_string(chunk).expect("numbers serialize"))
             .execute(&db.writer)
             .await?;
         requeued += result.rows_affected();
-        if result.rows_affected() == 0 {
-            break;
-        }
     }
     Ok(Requeued {
         requeued,

@@ -545,3 +545,32 @@ fn requeue_and_cancel_refuse_bad_arguments_with_status_2() {
     }
     assert_eq!(env.sql("SELECT status FROM jobs"), "pending");
 }
+
+#[test]
+fn commands_wait_for_another_writer_and_readers_are_not_blocked_by_it() {
+    let env = Env::new();
+    env.submit("r1", &["GID_fleet@@@a"]);
+    // Another process (as the daemon would) holds the write lock for 2 s.
+    let mut holder = Command::new("sqlite3")
+        .arg(&env.db)
+        .args([
+            "BEGIN IMMEDIATE;",
+            "UPDATE jobs SET attempts = 1;",
+            ".shell sleep 2",
+            "COMMIT;",
+        ])
+        .spawn()
+        .expect("sqlite3 is installed");
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let status = env.json(&["status", "--json"]);
+    assert_eq!(status["runs"][0]["counts"]["pending"], 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "status waited for the writer"
+    );
+    let out = env.submit("r1", &["GID_fleet@@@b"]);
+    assert_eq!(out["queued"], 1);
+    assert!(holder.wait().unwrap().success());
+    assert_eq!(env.sql("SELECT COUNT(*) FROM jobs WHERE attempts = 1"), "1");
+}
