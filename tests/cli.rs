@@ -291,6 +291,15 @@ fn status_watch_prints_plain_lines_when_piped_and_exits_when_nothing_is_open() {
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(out.contains("done 2/2"), "{out}");
     assert!(out.contains("no dispatcher running"), "{out}");
+
+    let json = env.ok(&["status", "--run", "done", "--watch", "--json"]);
+    let lines: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{json}");
+    assert_eq!(lines[0]["runs"][0]["counts"]["succeeded"], 2);
+    assert_eq!(lines[0]["runs"][0]["eta_secs"], 0);
 }
 
 #[test]

@@ -118,6 +118,7 @@ async fn export(
                     if code.is_empty() { "-" } else { &code },
                     if finished.is_empty() { "-" } else { &finished },
                     if request.is_empty() { "-" } else { &request },
+                    message = message.replace(['\n', '\r', '\t'], " "),
                 )?;
             }
             out.flush()?;

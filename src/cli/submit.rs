@@ -1,7 +1,7 @@
 //! `deregd submit`: queue a list of ClientIds (or CSV pairs) as jobs, validated with the worker's
 //! rules, deduplicated, in chunked write transactions so a running daemon keeps dispatching.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -96,6 +96,10 @@ fn print_text(
 
 fn read_input(file: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
     match file {
+        None if std::io::stdin().is_terminal() => Err(UsageError(
+            "no input: pass FILE, or pipe the list in (use `-` to type it)".into(),
+        )
+        .into()),
         None => read_stdin(),
         Some(path) if path.as_os_str() == "-" => read_stdin(),
         Some(path) => std::fs::read(path).map_err(|e| {
