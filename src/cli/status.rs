@@ -186,7 +186,8 @@ fn print(snap: &Snapshot, json: bool) -> anyhow::Result<()> {
         writeln!(out, "  status:     {}", counts.join(", "))?;
         writeln!(
             out,
-            "  rate:       {:.1} jobs/s finished over the last 60 s; ETA {}",
+            "  rate:       {} finished in the last 60 s ({:.2}/s); ETA {}",
+            run.finished_last_minute,
             run.finished_per_sec,
             eta(run)
         )?;
@@ -274,7 +275,7 @@ fn summary(snap: &Snapshot) -> (i64, i64, String) {
         _ => " (no dispatcher running)",
     };
     let text = format!(
-        "done {}/{total} pending {} running {} succeeded {} not_found {} failed {} rejected {} cancelled {} | {per_sec:.1}/s ETA {eta}{paused}{idle}",
+        "done {}/{total} pending {} running {} succeeded {} not_found {} failed {} rejected {} cancelled {} | {per_sec:.2}/s ETA {eta}{paused}{idle}",
         total - open,
         sum("pending"),
         sum("running"),
