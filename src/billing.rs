@@ -53,3 +53,64 @@ pub async fn usage_by_instance<'e>(
         })
         .collect())
 }
+
+/// Billed calls of one instance in one time bucket.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BucketUsage {
+    pub instance_id: String,
+    /// Start of the bucket, unix seconds (UTC-aligned).
+    pub start: i64,
+    pub calls: i64,
+    /// Most calls in any one second of the bucket.
+    pub peak_tps: i64,
+}
+
+/// Usage per instance per `bucket_secs`-long bucket over `[since, until)` unix seconds, for the
+/// instances in `instances` (all when empty); ordered by bucket, then instance.
+pub async fn usage_by_bucket<'e>(
+    exec: impl SqliteExecutor<'e>,
+    instances: &[String],
+    since: i64,
+    until: i64,
+    bucket_secs: i64,
+) -> sqlx::Result<Vec<BucketUsage>> {
+    use sqlx::Row;
+    let instances =
+        (!instances.is_empty()).then(|| serde_json::to_string(instances).expect("strings"));
+    let rows = sqlx::query(
+        "SELECT instance_id, (second / ?3) * ?3 AS start, SUM(calls), MAX(calls) FROM tps_usage
+         WHERE second >= ?1 AND second < ?2
+           AND (?4 IS NULL OR instance_id IN (SELECT value FROM json_each(?4)))
+         GROUP BY start, instance_id ORDER BY start, instance_id",
+    )
+    .bind(since)
+    .bind(until)
+    .bind(bucket_secs.max(1))
+    .bind(instances)
+    .fetch_all(exec)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| BucketUsage {
+            instance_id: r.get(0),
+            start: r.get(1),
+            calls: r.get(2),
+            peak_tps: r.get(3),
+        })
+        .collect())
+}
+
+/// Billed calls per second, account-wide, over the last `window_secs` seconds before `now_secs`.
+pub async fn recent_rate<'e>(
+    exec: impl SqliteExecutor<'e>,
+    now_secs: i64,
+    window_secs: i64,
+) -> sqlx::Result<f64> {
+    let calls: Option<i64> =
+        sqlx::query_scalar("SELECT SUM(calls) FROM tps_usage WHERE second >= ?1 AND second < ?2")
+            .bind(now_secs - window_secs)
+            .bind(now_secs)
+            .fetch_one(exec)
+            .await?;
+    Ok(calls.unwrap_or(0) as f64 / window_secs.max(1) as f64)
+}

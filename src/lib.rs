@@ -6,6 +6,7 @@
 //! classifier), [`limiter`] (pacing), [`retry`] (delays), [`worker`] (the dispatch loop),
 //! [`dispatcher`] (single-instance lock, heartbeat), [`systemd`] (notify, watchdog),
 //! [`metrics`] (Prometheus), [`emulator`] (local stand-in of the API),
+//! [`intake`] (bulk submission), [`runs`] (operator queries and bulk changes over runs),
 //! [`cli`] (one module per subcommand).
 
 pub mod api;
@@ -17,12 +18,14 @@ pub mod config;
 pub mod db;
 pub mod dispatcher;
 pub mod emulator;
+pub mod intake;
 pub mod job;
 pub mod limiter;
 pub mod metrics;
 pub mod outcome;
 pub mod queue;
 pub mod retry;
+pub mod runs;
 pub mod systemd;
 pub mod telemetry;
 pub mod worker;

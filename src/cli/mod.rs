@@ -7,10 +7,17 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{ConfigError, LogFormat, Settings};
 
+pub mod cancel;
 pub mod check;
+pub mod common;
 pub mod demo;
+pub mod jobs;
 pub mod migrate;
+pub mod report;
+pub mod requeue;
 pub mod run;
+pub mod status;
+pub mod submit;
 
 /// Bulk deregistration of ApsaraMQ for MQTT device credentials.
 #[derive(Debug, Parser)]
@@ -44,6 +51,18 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Serve a local emulator of the onsmqtt API (for rehearsals and tests).
     Emulator(crate::cli_emulator::EmulatorArgs),
+    /// Queue ClientIds (one per line, or CSV `instance_id,client_id`) as jobs.
+    Submit(submit::SubmitArgs),
+    /// Progress per run: counts, rate, ETA, retries, error codes, dispatcher state.
+    Status(status::StatusArgs),
+    /// Billed calls per instance per time bucket, peak TPS, outcomes per run.
+    Report(report::ReportArgs),
+    /// Export jobs (the audit trail) as a table, CSV or JSON Lines.
+    Jobs(jobs::JobsArgs),
+    /// Cancel the pending jobs of a run.
+    Cancel(cancel::CancelArgs),
+    /// Return failed (or cancelled) jobs of a run to pending.
+    Requeue(requeue::RequeueArgs),
 }
 
 /// A usage error found after parsing (exit status 2).
@@ -91,6 +110,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => migrate::run(settings).await,
         Command::Check(args) => check::run(settings, args).await,
         Command::Demo(args) => demo::run(settings, args).await,
+        Command::Submit(args) => submit::run(settings, args).await,
+        Command::Status(args) => status::run(settings, args).await,
+        Command::Report(args) => report::run(settings, args).await,
+        Command::Jobs(args) => jobs::run(settings, args).await,
+        Command::Cancel(args) => cancel::run(settings, args).await,
+        Command::Requeue(args) => requeue::run(settings, args).await,
         Command::Emulator(_) => unreachable!("handled above"),
     }
 }

@@ -1,0 +1,119 @@
+//! `deregd submit`: queue a list of ClientIds (or CSV pairs) as jobs, validated with the worker's
+//! rules, deduplicated, in chunked write transactions so a running daemon keeps dispatching.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::cli::common::{self, check_run};
+use crate::cli::UsageError;
+use crate::config::Settings;
+use crate::db::Db;
+use crate::intake::{self, InputError};
+use crate::job;
+
+/// Rejected lines printed in text mode (all of them are in `--json`).
+const SHOWN_REJECTIONS: usize = 100;
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// InstanceId of every ClientId in a plain list; optional for CSV input, where it then
+    /// guards against rows of another instance.
+    #[arg(long, value_name = "ID")]
+    pub instance: Option<String>,
+    /// Label of this batch (`jobs.run`), used by status, report, cancel, requeue.
+    #[arg(long, value_name = "LABEL", default_value = "")]
+    pub run: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// One ClientId per line, or CSV with the header `instance_id,client_id`; `-` or nothing
+    /// reads standard input.
+    #[arg(value_name = "FILE|-")]
+    pub file: Option<PathBuf>,
+}
+
+pub async fn run(settings: Settings, args: SubmitArgs) -> anyhow::Result<()> {
+    check_run(&args.run)?;
+    if let Some(instance) = &args.instance {
+        job::check_instance_id(instance).map_err(|e| UsageError(format!("--instance: {e}")))?;
+    }
+    let input = read_input(args.file.as_deref())?;
+    let parsed = intake::parse(&input, args.instance.as_deref()).map_err(|e| match e {
+        InputError::NoInstance => UsageError(e.to_string()),
+    })?;
+    let db = Db::open(&settings.database.path).await?;
+    let inserted = intake::submit(&db, &parsed.pairs, &args.run).await;
+    db.close().await;
+    let inserted = inserted.context("cannot queue the jobs")?;
+
+    let duplicates = parsed.duplicates_in_input + inserted.already_open;
+    let result = if args.json {
+        let out = serde_json::json!({
+            "run": args.run,
+            "queued": inserted.queued,
+            "duplicates": duplicates,
+            "duplicates_in_input": parsed.duplicates_in_input,
+            "already_open": inserted.already_open,
+            "rejected": parsed.rejections.len(),
+            "rejections": parsed.rejections,
+        });
+        common::write_json(&mut common::stdout(), &out)
+    } else {
+        print_text(&args.run, &parsed, inserted.queued, duplicates)
+    };
+    common::quiet_on_broken_pipe(result)
+}
+
+fn print_text(
+    run: &str,
+    parsed: &intake::Parsed<'_>,
+    queued: u64,
+    duplicates: u64,
+) -> anyhow::Result<()> {
+    let mut err = std::io::stderr().lock();
+    for r in parsed.rejections.iter().take(SHOWN_REJECTIONS) {
+        writeln!(err, "line {}: {}", r.line, r.reason)?;
+    }
+    if parsed.rejections.len() > SHOWN_REJECTIONS {
+        writeln!(
+            err,
+            "... and {} more rejected lines (--json lists them all)",
+            parsed.rejections.len() - SHOWN_REJECTIONS
+        )?;
+    }
+    let mut out = common::stdout();
+    writeln!(
+        out,
+        "run {run:?}: queued {queued}, duplicates {duplicates}, rejected {}",
+        parsed.rejections.len()
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+fn read_input(file: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
+    match file {
+        None if std::io::stdin().is_terminal() => Err(UsageError(
+            "no input: pass FILE, or pipe the list in (use `-` to type it)".into(),
+        )
+        .into()),
+        None => read_stdin(),
+        Some(path) if path.as_os_str() == "-" => read_stdin(),
+        Some(path) => std::fs::read(path).map_err(|e| {
+            // A missing or unreadable input file is the operator's mistake, not a failure.
+            UsageError(format!("cannot read {}: {e}", path.display())).into()
+        }),
+    }
+}
+
+fn read_stdin() -> anyhow::Result<Vec<u8>> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut input)
+        .context("cannot read standard input")?;
+    Ok(input)
+}

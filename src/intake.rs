@@ -1,0 +1,335 @@
+//! Bulk submission into `jobs`: parsing an operator's list (one ClientId a line, or CSV with an
+//! `instance_id,client_id` header), validating each line with the worker's own rules
+//! ([`crate::job::check`]), and inserting in large `BEGIN IMMEDIATE` chunks. Invariant: a pair is
+//! not queued while the same pair is already pending or running, so a re-submitted list is
+//! idempotent.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::clock::now_ms;
+use crate::db::Db;
+use crate::job;
+
+/// Rows inserted per write transaction: large enough to amortise the commit, small enough that
+/// the daemon never waits on the write lock for more than a fraction of a second.
+pub const CHUNK_ROWS: usize = 50_000;
+
+/// The header that turns the input into CSV.
+pub const CSV_HEADER: &str = "instance_id,client_id";
+
+/// A line that was not queued, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    /// 1-based line number in the input.
+    pub line: usize,
+    pub reason: String,
+}
+
+/// The input could not be read as a job list at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error(
+        "no InstanceId: pass --instance ID, or give CSV input whose first line is `{CSV_HEADER}`"
+    )]
+    NoInstance,
+}
+
+/// The valid, distinct pairs of an input, borrowed from it, in input order.
+#[derive(Debug, Default)]
+pub struct Parsed<'a> {
+    pub pairs: Vec<(&'a str, &'a str)>,
+    /// Valid lines that repeated an earlier line of the same input.
+    pub duplicates_in_input: u64,
+    pub rejections: Vec<Rejection>,
+    /// True when the input had the CSV header.
+    pub csv: bool,
+}
+
+/// True when `line` is the CSV header (`instance_id,client_id`, any case, fields optionally
+/// quoted, surrounding blanks ignored).
+pub fn is_csv_header(line: &str) -> bool {
+    let mut fields = line.trim().split(',').map(unquote);
+    matches!(
+        (fields.next(), fields.next(), fields.next()),
+        (Some(a), Some(b), None)
+            if a.eq_ignore_ascii_case("instance_id") && b.eq_ignore_ascii_case("client_id")
+    )
+}
+
+/// Parses and validates a whole input. Blank lines and lines starting with `#` are skipped.
+/// `instance` is the `--instance` value: required for plain input; for CSV input, when given,
+/// rows naming another instance are rejected (a guard against the wrong file).
+pub fn parse<'a>(input: &'a [u8], instance: Option<&'a str>) -> Result<Parsed<'a>, InputError> {
+    let input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
+    let mut parsed = Parsed::default();
+    let mut seen: HashSet<(&str, &str)> = HashSet::with_capacity(input.len() / 32);
+    let mut header_checked = false;
+    for (index, raw) in input.split(|b| *b == b'\n').enumerate() {
+        let number = index + 1;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = match std::str::from_utf8(raw) {
+            Ok(line) => line,
+            Err(_) => {
+                parsed.rejections.push(Rejection {
+                    line: number,
+                    reason: "line is not valid UTF-8".into(),
+                });
+                continue;
+            }
+        };
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if !header_checked {
+            header_checked = true;
+            if is_csv_header(trimmed) {
+                parsed.csv = true;
+                continue;
+            }
+            if instance.is_none() {
+                return Err(InputError::NoInstance);
+            }
+        }
+        let pair = if parsed.csv {
+            csv_pair(line, instance)
+        } else {
+            Ok((instance.expect("checked above"), line))
+        };
+        let checked = pair.and_then(|(i, c)| job::check(i, c).map(|()| (i, c)));
+        match checked {
+            Ok(pair) => {
+                if seen.insert(pair) {
+                    parsed.pairs.push(pair);
+                } else {
+                    parsed.duplicates_in_input += 1;
+                }
+            }
+            Err(reason) => parsed.rejections.push(Rejection {
+                line: number,
+                reason,
+            }),
+        }
+    }
+    if !header_checked && instance.is_none() {
+        return Err(InputError::NoInstance);
+    }
+    Ok(parsed)
+}
+
+/// Splits one CSV data line. Valid ids contain neither commas nor quotes, so a full CSV parser
+/// buys nothing here: a line that needs one is rejected anyway.
+fn csv_pair<'a>(line: &'a str, instance: Option<&str>) -> Result<(&'a str, &'a str), String> {
+    let mut fields = line.split(',');
+    let (Some(i), Some(c), None) = (fields.next(), fields.next(), fields.next()) else {
+        return Err(format!(
+            "expected 2 fields ({CSV_HEADER}), found {}",
+            line.split(',').count()
+        ));
+    };
+    let (i, c) = (unquote(i), unquote(c));
+    if let Some(expected) = instance {
+        if i != expected {
+            return Err(format!(
+                "InstanceId {i:?} is not the --instance given ({expected:?})"
+            ));
+        }
+    }
+    Ok((i, c))
+}
+
+fn unquote(field: &str) -> &str {
+    field
+        .strip_prefix('"')
+        .and_then(|f| f.strip_suffix('"'))
+        .unwrap_or(field)
+}
+
+/// The pairs already pending or running, by instance: what a submission must not queue again.
+#[derive(Debug, Default)]
+pub struct OpenPairs(HashMap<String, HashSet<String>>);
+
+impl OpenPairs {
+    pub fn contains(&self, instance_id: &str, client_id: &str) -> bool {
+        self.0
+            .get(instance_id)
+            .is_some_and(|clients| clients.contains(client_id))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.values().map(HashSet::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Loads the open pairs of `instances` in one pass over the `jobs_pair_open` index. One row per
+/// instance (a JSON array of its ClientIds): a million single rows cost seconds in the driver.
+pub async fn open_pairs(db: &Db, instances: &[&str]) -> sqlx::Result<OpenPairs> {
+    use sqlx::Row;
+    let instances = serde_json::to_string(instances).expect("strings serialize");
+    let rows = sqlx::query(
+        "SELECT instance_id, json_group_array(client_id) FROM jobs INDEXED BY jobs_pair_open
+         WHERE status IN ('pending', 'running')
+           AND instance_id IN (SELECT value FROM json_each(?1))
+         GROUP BY instance_id",
+    )
+    .bind(instances)
+    .fetch_all(&db.reader)
+    .await?;
+    let mut open = OpenPairs::default();
+    for row in rows {
+        let clients: &str = row.get(1);
+        let clients: HashSet<String> =
+            serde_json::from_str(clients).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        open.0.insert(row.get(0), clients);
+    }
+    Ok(open)
+}
+
+/// What [`submit`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Inserted {
+    pub queued: u64,
+    /// Pairs skipped because the same pair is already pending or running.
+    pub already_open: u64,
+}
+
+/// Queues the pairs of `pairs` that are not already open, under `run`, in input order,
+/// [`CHUNK_ROWS`] per `BEGIN IMMEDIATE` transaction.
+///
+/// The open pairs are read once before the first chunk (the daemon only closes pairs, so that
+/// snapshot can only over-count); two submissions of the same pair at the same moment could
+/// both queue it.
+pub async fn submit(db: &Db, pairs: &[(&str, &str)], run: &str) -> sqlx::Result<Inserted> {
+    let instances: Vec<&str> = {
+        let distinct: HashSet<&str> = pairs.iter().map(|(i, _)| *i).collect();
+        distinct.into_iter().collect()
+    };
+    let open = open_pairs(db, &instances).await?;
+    let fresh: Vec<(&str, &str)> = if open.is_empty() {
+        pairs.to_vec()
+    } else {
+        pairs
+            .iter()
+            .copied()
+            .filter(|(i, c)| !open.contains(i, c))
+            .collect()
+    };
+    let mut inserted = Inserted {
+        queued: 0,
+        already_open: (pairs.len() - fresh.len()) as u64,
+    };
+    for chunk in fresh.chunks(CHUNK_ROWS) {
+        inserted.queued += insert_chunk(db, chunk, run).await?;
+    }
+    Ok(inserted)
+}
+
+/// Inserts one chunk in one transaction. A chunk of one instance (the usual case) is sent as a
+/// flat JSON array of ClientIds, which SQLite reads several times faster than an array of pairs.
+async fn insert_chunk(db: &Db, chunk: &[(&str, &str)], run: &str) -> sqlx::Result<u64> {
+    let now = now_ms();
+    let first = chunk.first().map(|(i, _)| *i).unwrap_or_default();
+    let single = chunk.iter().all(|(i, _)| *i == first);
+    let query = if single {
+        let clients: Vec<&str> = chunk.iter().map(|(_, c)| *c).collect();
+        sqlx::query(
+            "INSERT INTO jobs (instance_id, client_id, run, created_at, updated_at)
+             SELECT ?4, value, ?2, ?3, ?3 FROM json_each(?1)",
+        )
+        .bind(serde_json::to_string(&clients).expect("strings serialize"))
+        .bind(run)
+        .bind(now)
+        .bind(first)
+    } else {
+        sqlx::query(
+            "INSERT INTO jobs (instance_id, client_id, run, created_at, updated_at)
+             SELECT value ->> 0, value ->> 1, ?2, ?3, ?3 FROM json_each(?1)",
+        )
+        .bind(serde_json::to_string(chunk).expect("strings serialize"))
+        .bind(run)
+        .bind(now)
+    };
+    let mut tx = db.begin_write().await?;
+    let result = query.execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(result.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_csv_header_is_recognised_in_its_usual_spellings() {
+        assert!(is_csv_header("instance_id,client_id"));
+        assert!(is_csv_header("Instance_Id,Client_Id \r"));
+        assert!(is_csv_header("\"instance_id\",\"client_id\""));
+        assert!(!is_csv_header("instance_id,client_id,run"));
+        assert!(!is_csv_header("GID_fleet@@@dev-1"));
+        assert!(!is_csv_header("instance_id"));
+    }
+
+    #[test]
+    fn plain_input_needs_an_instance() {
+        assert_eq!(
+            parse(b"GID_fleet@@@a\n", None).unwrap_err(),
+            InputError::NoInstance
+        );
+        assert_eq!(parse(b"", None).unwrap_err(), InputError::NoInstance);
+    }
+
+    #[test]
+    fn plain_lines_are_validated_deduplicated_and_numbered() {
+        let input =
+            b"# fleet A\nGID_fleet@@@a\r\n\nGID_fleet@@@b\nbad id\nGID_fleet@@@a\n  # note\n";
+        let parsed = parse(input, Some("post-cn-1")).unwrap();
+        assert_eq!(
+            parsed.pairs,
+            [
+                ("post-cn-1", "GID_fleet@@@a"),
+                ("post-cn-1", "GID_fleet@@@b")
+            ]
+        );
+        assert_eq!(parsed.duplicates_in_input, 1);
+        assert_eq!(parsed.rejections.len(), 1);
+        assert_eq!(parsed.rejections[0].line, 5);
+        assert!(!parsed.csv);
+    }
+
+    #[test]
+    fn csv_rows_carry_their_own_instance() {
+        let input = "\u{feff}instance_id,client_id\npost-cn-1,GID_fleet@@@a\n\"post-cn-2\",\"GID_fleet@@@a\"\npost-cn-1,GID_fleet@@@a,extra\npost-cn-1\n";
+        let parsed = parse(input.as_bytes(), None).unwrap();
+        assert!(parsed.csv);
+        assert_eq!(
+            parsed.pairs,
+            [
+                ("post-cn-1", "GID_fleet@@@a"),
+                ("post-cn-2", "GID_fleet@@@a")
+            ]
+        );
+        let lines: Vec<usize> = parsed.rejections.iter().map(|r| r.line).collect();
+        assert_eq!(lines, [4, 5]);
+        assert!(parsed.rejections[0].reason.contains("found 3"));
+    }
+
+    #[test]
+    fn csv_rows_of_another_instance_are_refused_when_one_is_named() {
+        let input = b"instance_id,client_id\npost-cn-1,GID_fleet@@@a\npost-cn-2,GID_fleet@@@b\n";
+        let parsed = parse(input, Some("post-cn-1")).unwrap();
+        assert_eq!(parsed.pairs.len(), 1);
+        assert_eq!(parsed.rejections[0].line, 3);
+        assert!(parsed.rejections[0].reason.contains("--instance"));
+    }
+
+    #[test]
+    fn invalid_utf8_lines_are_rejected_not_fatal() {
+        let parsed = parse(b"GID_fleet@@@a\nGID_fleet@@@\xff\n", Some("post-cn-1")).unwrap();
+        assert_eq!(parsed.pairs.len(), 1);
+        assert_eq!(parsed.rejections[0].line, 2);
+    }
+}

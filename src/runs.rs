@@ -1,0 +1,322 @@
+//! Operator-side SQL over runs (the `jobs.run` label): status counts, progress, cancel, requeue
+//! and the audit export. Invariant: every write here is a series of short single-statement
+//! chunks of at most [`CHUNK_ROWS`] rows, so a running daemon never waits long for the lock.
+
+use std::collections::BTreeMap;
+
+use futures_util::{Stream, StreamExt};
+use sqlx::Row;
+
+use crate::clock::now_ms;
+use crate::db::Db;
+use crate::job::Status;
+
+/// Rows changed per write statement.
+pub const CHUNK_ROWS: i64 = 50_000;
+
+/// Which jobs an operator command looks at. `None` means "any".
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub run: Option<String>,
+    pub instance: Option<String>,
+    pub statuses: Vec<Status>,
+    pub code: Option<String>,
+}
+
+impl Filter {
+    /// The statuses as a JSON array for `json_each`, or NULL for any.
+    fn statuses_json(&self) -> Option<String> {
+        (!self.statuses.is_empty()).then(|| {
+            serde_json::to_string(&self.statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+                .expect("strings serialize")
+        })
+    }
+}
+
+/// The WHERE clause matching a [`Filter`] bound as ?1 run, ?2 instance, ?3 statuses, ?4 code.
+const FILTER_SQL: &str = "(?1 IS NULL OR run = ?1) AND (?2 IS NULL OR instance_id = ?2)
+    AND (?3 IS NULL OR status IN (SELECT value FROM json_each(?3)))
+    AND (?4 IS NULL OR last_code = ?4)";
+
+/// Job counts by status for one run.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RunCounts {
+    pub run: String,
+    /// Every status, zero included.
+    pub counts: BTreeMap<&'static str, i64>,
+}
+
+impl RunCounts {
+    fn new(run: String) -> RunCounts {
+        let counts = Status::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        RunCounts { run, counts }
+    }
+
+    pub fn count(&self, status: Status) -> i64 {
+        self.counts.get(status.as_str()).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> i64 {
+        self.counts.values().sum()
+    }
+
+    /// Pending plus running: jobs not finished yet.
+    pub fn open(&self) -> i64 {
+        self.count(Status::Pending) + self.count(Status::Running)
+    }
+}
+
+/// Counts by status per run, ordered by run label.
+pub async fn counts(db: &Db, filter: &Filter) -> sqlx::Result<Vec<RunCounts>> {
+    let sql = format!(
+        "SELECT run, status, COUNT(*) FROM jobs WHERE {FILTER_SQL} GROUP BY run, status ORDER BY run"
+    );
+    let rows = bind_filter(sqlx::query(&sql), filter)
+        .fetch_all(&db.reader)
+        .await?;
+    let mut runs: Vec<RunCounts> = Vec::new();
+    for row in rows {
+        let run: String = row.get(0);
+        let status: String = row.get(1);
+        if runs.last().is_none_or(|r| r.run != run) {
+            runs.push(RunCounts::new(run));
+        }
+        let last = runs.last_mut().expect("pushed above");
+        if let Some(status) = Status::parse(&status) {
+            last.counts.insert(status.as_str(), row.get(2));
+        }
+    }
+    Ok(runs)
+}
+
+/// Progress figures of one run that counts alone do not give.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Progress {
+    /// Jobs that reached a final status in the last `window_ms`.
+    pub finished_in_window: i64,
+    /// Earliest scheduled retry (pending with attempts > 0), unix ms.
+    pub next_retry_at: Option<i64>,
+    /// First job created, unix ms.
+    pub first_created_at: Option<i64>,
+    /// Last job finished, unix ms.
+    pub last_finished_at: Option<i64>,
+}
+
+/// Progress of `run`, with finishes counted over `[now - window_ms, now]`.
+pub async fn progress(db: &Db, run: &str, window_ms: i64) -> sqlx::Result<Progress> {
+    let since = now_ms() - window_ms;
+    let row = sqlx::query(
+        "SELECT COUNT(*) FILTER (WHERE finished_at >= ?2),
+                MIN(next_attempt_at) FILTER (WHERE status = 'pending' AND attempts > 0),
+                MIN(created_at), MAX(finished_at)
+         FROM jobs WHERE run = ?1",
+    )
+    .bind(run)
+    .bind(since)
+    .fetch_one(&db.reader)
+    .await?;
+    Ok(Progress {
+        finished_in_window: row.get(0),
+        next_retry_at: row.get(1),
+        first_created_at: row.get(2),
+        last_finished_at: row.get(3),
+    })
+}
+
+/// How many jobs of one run carry an error code, split by what happens next.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CodeCount {
+    pub code: String,
+    /// Jobs that ended `failed` with this code.
+    pub failed: i64,
+    /// Pending jobs awaiting a retry after this code.
+    pub retrying: i64,
+}
+
+/// The `limit` most frequent `last_code`s of failed and retrying jobs of `run`, most frequent first.
+pub async fn top_codes(db: &Db, run: &str, limit: i64) -> sqlx::Result<Vec<CodeCount>> {
+    let rows = sqlx::query(
+        "SELECT last_code, COUNT(*) FILTER (WHERE status = 'failed'),
+                COUNT(*) FILTER (WHERE status = 'pending')
+         FROM jobs
+         WHERE run = ?1 AND last_code IS NOT NULL
+           AND (status = 'failed' OR (status = 'pending' AND attempts > 0))
+         GROUP BY last_code ORDER BY COUNT(*) DESC, last_code LIMIT ?2",
+    )
+    .bind(run)
+    .bind(limit)
+    .fetch_all(&db.reader)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| CodeCount {
+            code: r.get(0),
+            failed: r.get(1),
+            retrying: r.get(2),
+        })
+        .collect())
+}
+
+/// The instances that have jobs in `run`.
+pub async fn instances_of(db: &Db, run: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT DISTINCT instance_id FROM jobs WHERE run = ?1 ORDER BY 1")
+        .bind(run)
+        .fetch_all(&db.reader)
+        .await
+}
+
+/// True when at least one job carries the label `run`.
+pub async fn exists(db: &Db, run: &str) -> sqlx::Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE run = ?1 LIMIT 1")
+        .bind(run)
+        .fetch_optional(&db.reader)
+        .await?;
+    Ok(found.is_some())
+}
+
+/// Cancels the pending jobs of `run` (running ones finish). Returns how many were cancelled.
+pub async fn cancel(db: &Db, run: &str) -> sqlx::Result<u64> {
+    let mut cancelled = 0;
+    loop {
+        let now = now_ms();
+        let result = sqlx::query(
+            "UPDATE jobs SET status = 'cancelled', finished_at = ?2, updated_at = ?2
+             WHERE id IN (SELECT id FROM jobs WHERE run = ?1 AND status = 'pending' LIMIT ?3)
+               AND status = 'pending'",
+        )
+        .bind(run)
+        .bind(now)
+        .bind(CHUNK_ROWS)
+        .execute(&db.writer)
+        .await?;
+        cancelled += result.rows_affected();
+        if result.rows_affected() == 0 {
+            return Ok(cancelled);
+        }
+    }
+}
+
+/// What [`requeue`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Requeued {
+    pub requeued: u64,
+    /// Matching jobs left alone because the same pair is already pending or running.
+    pub skipped: u64,
+}
+
+/// Returns the jobs of `run` in `statuses` (and with `code`, if given) to `pending` with a fresh
+/// attempt budget. The last code, message and RequestId stay until the next attempt replaces
+/// them. A pair is requeued at most once, and never while the same pair is already open.
+pub async fn requeue(
+    db: &Db,
+    run: &str,
+    statuses: &[Status],
+    code: Option<&str>,
+) -> sqlx::Result<Requeued> {
+    let filter = Filter {
+        run: Some(run.to_string()),
+        statuses: statuses.to_vec(),
+        code: code.map(str::to_string),
+        ..Filter::default()
+    };
+    // Choose the rows with a read (no lock): the newest job of each matching pair.
+    let pick_sql = format!(
+        "SELECT COALESCE(SUM(n), 0), json_group_array(id) FROM
+             (SELECT MAX(id) AS id, COUNT(*) AS n FROM jobs WHERE {FILTER_SQL}
+              GROUP BY instance_id, client_id)"
+    );
+    let row = bind_filter(sqlx::query(&pick_sql), &filter)
+        .fetch_one(&db.reader)
+        .await?;
+    let matched: i64 = row.get(0);
+    let ids: Vec<i64> = serde_json::from_str(row.get::<&str, _>(1))
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    // Each chunk re-checks status and code (the daemon may have moved a job since) and skips a
+    // pair that is already open, all inside one short statement.
+    let update_sql = format!(
+        "UPDATE jobs SET status = 'pending', attempts = 0, next_attempt_at = 0, finished_at = NULL,
+             lease_owner = NULL, lease_until = NULL, updated_at = ?5
+         WHERE id IN (SELECT value FROM json_each(?6)) AND {FILTER_SQL}
+           AND NOT EXISTS (SELECT 1 FROM jobs AS o
+                           WHERE o.instance_id = jobs.instance_id AND o.client_id = jobs.client_id
+                             AND o.status IN ('pending', 'running'))"
+    );
+    let mut requeued = 0;
+    for chunk in ids.chunks(CHUNK_ROWS as usize) {
+        let result = bind_filter(sqlx::query(&update_sql), &filter)
+            .bind(now_ms())
+            .bind(serde_json::to_string(chunk).expect("numbers serialize"))
+            .execute(&db.writer)
+            .await?;
+        requeued += result.rows_affected();
+    }
+    Ok(Requeued {
+        requeued,
+        skipped: (matched as u64).saturating_sub(requeued),
+    })
+}
+
+/// One row of the audit export.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct JobRecord {
+    pub id: i64,
+    pub instance_id: String,
+    pub client_id: String,
+    pub run: String,
+    pub status: String,
+    pub code: Option<String>,
+    pub message: Option<String>,
+    pub request_id: Option<String>,
+    pub attempts: i64,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms; `None` while pending or running.
+    pub finished_at: Option<i64>,
+}
+
+/// The jobs matching `filter` in id order, one row at a time (never all in memory). The stream
+/// holds one read snapshot for its whole life.
+pub fn export<'a>(
+    db: &'a Db,
+    filter: &'a Filter,
+    sql: &'a str,
+) -> impl Stream<Item = sqlx::Result<JobRecord>> + 'a {
+    bind_filter(sqlx::query(sql), filter)
+        .fetch(&db.reader)
+        .map(|row| {
+            let r = row?;
+            Ok(JobRecord {
+                id: r.get(0),
+                instance_id: r.get(1),
+                client_id: r.get(2),
+                run: r.get(3),
+                status: r.get(4),
+                code: r.get(5),
+                message: r.get(6),
+                request_id: r.get(7),
+                attempts: r.get(8),
+                created_at: r.get(9),
+                finished_at: r.get(10),
+            })
+        })
+}
+
+/// The query text [`export`] runs (kept outside so the stream can borrow it).
+pub fn export_sql() -> String {
+    format!(
+        "SELECT id, instance_id, client_id, run, status, last_code, last_message, request_id,
+                attempts, created_at, finished_at
+         FROM jobs WHERE {FILTER_SQL} ORDER BY id"
+    )
+}
+
+fn bind_filter<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    filter: &Filter,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    query
+        .bind(filter.run.clone())
+        .bind(filter.instance.clone())
+        .bind(filter.statuses_json())
+        .bind(filter.code.clone())
+}
