@@ -144,6 +144,10 @@ struct Dispatcher {
     probing: bool,
     in_flight: u32,
     last_beat: Instant,
+    /// A claim running beside the loop.
+    claiming: Option<tokio::task::JoinHandle<sqlx::Result<Vec<Job>>>>,
+    /// The last claim found nothing due.
+    queue_dry: bool,
 }
 
 impl Dispatcher {
@@ -175,6 +179,8 @@ impl Dispatcher {
             probing: true,
             in_flight: 0,
             last_beat: Instant::now() - Duration::from_secs(60),
+            claiming: None,
+            queue_dry: false,
         }
     }
 
@@ -220,10 +226,21 @@ impl Dispatcher {
                 continue;
             }
             self.expire_instance_pauses();
-            if self.buffer.len() < self.refill_threshold() {
-                self.refill().await?;
+            // Claims run beside the loop: a claim waiting behind another process's write lock
+            // must not stop calls while the buffer still holds work.
+            self.collect_claim().await?;
+            if self.buffer.len() < self.refill_threshold() && !self.queue_dry {
+                self.start_claim();
             }
             if self.buffer.is_empty() {
+                if let Some(claiming) = self.claiming.as_mut() {
+                    tokio::select! {
+                        claimed = claiming => { self.claiming = None; self.take_claim(claimed?)?; }
+                        Some(r) = self.results_rx.recv() => self.handle(r),
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                    continue;
+                }
                 if options.until_empty
                     && self.in_flight == 0
                     && !queue::has_open_jobs(&self.db).await?
@@ -242,6 +259,8 @@ impl Dispatcher {
                     Some(r) = self.results_rx.recv() => self.handle(r),
                     _ = shutdown.cancelled() => return Ok(()),
                 }
+                // The idle wait is over: look again.
+                self.queue_dry = false;
                 continue;
             }
             // Reject malformed jobs before they cost a slot or a permit.
@@ -277,27 +296,56 @@ impl Dispatcher {
         }
     }
 
-    /// Jobs to keep claimed ahead: about half a second of calls.
+    /// Jobs to keep claimed ahead: about two seconds of calls, so calls go on while another
+    /// process holds the write lock for a while.
     fn refill_target(&self) -> usize {
         if self.probing {
             return 1;
         }
-        ((self.pacer.rate() * 0.5) as usize).clamp(4, 512)
+        ((self.pacer.rate() * 2.0) as usize).clamp(4, 2048)
     }
 
     fn refill_threshold(&self) -> usize {
         self.refill_target().div_ceil(2)
     }
 
-    async fn refill(&mut self) -> anyhow::Result<()> {
+    /// Starts a claim task for what the buffer lacks (none while paused or already claiming).
+    fn start_claim(&mut self) {
         let want = self.refill_target().saturating_sub(self.buffer.len());
-        if want == 0 {
-            return Ok(());
+        if want == 0 || self.claiming.is_some() || self.paused.is_some() && !self.probing {
+            return;
         }
         let lease_until = now_ms() + self.settings.worker.lease_secs * 1000;
         let excluded: Vec<String> = self.paused_instances.keys().cloned().collect();
-        let jobs = queue::claim(&self.db, &self.owner, want as i64, lease_until, &excluded).await?;
-        self.buffer.extend(jobs);
+        let (db, owner) = (self.db.clone(), self.owner.clone());
+        self.claiming = Some(tokio::spawn(async move {
+            queue::claim(&db, &owner, want as i64, lease_until, &excluded).await
+        }));
+    }
+
+    /// Takes a finished claim's jobs into the buffer.
+    async fn collect_claim(&mut self) -> anyhow::Result<()> {
+        if self.claiming.as_ref().is_some_and(|c| c.is_finished()) {
+            let claimed = self.claiming.take().expect("checked").await?;
+            self.take_claim(claimed)?;
+        }
+        Ok(())
+    }
+
+    fn take_claim(&mut self, claimed: sqlx::Result<Vec<Job>>) -> anyhow::Result<()> {
+        let claimed = claimed?;
+        // Nothing due: wait for the poll interval (or a due retry) before claiming again.
+        self.queue_dry = claimed.is_empty();
+        self.buffer.extend(claimed);
+        // Claimed while a pause began: straight back.
+        if self.paused.is_some() && !self.probing {
+            self.release_buffer(|_| true);
+        }
+        let paused = &self.paused_instances;
+        if !paused.is_empty() {
+            let ids: Vec<String> = paused.keys().cloned().collect();
+            self.release_buffer(|job| ids.contains(&job.instance_id));
+        }
         Ok(())
     }
 
@@ -631,6 +679,11 @@ impl Dispatcher {
 
     /// After the loop: wait for in-flight calls (bounded), record them, release the buffer.
     async fn drain(&mut self, shutdown: &CancellationToken) {
+        if let Some(claiming) = self.claiming.take() {
+            if let Ok(Ok(jobs)) = claiming.await {
+                self.buffer.extend(jobs);
+            }
+        }
         self.release_buffer(|_| true);
         let bound = Duration::from_secs(self.settings.worker.shutdown_grace_secs as u64)
             + Duration::from_millis(self.settings.api.request_timeout_ms as u64);
