@@ -148,6 +148,8 @@ struct Dispatcher {
     claiming: Option<tokio::task::JoinHandle<sqlx::Result<Vec<Job>>>>,
     /// The last claim found nothing due.
     queue_dry: bool,
+    /// The heartbeat write in progress.
+    publishing: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Dispatcher {
@@ -181,6 +183,7 @@ impl Dispatcher {
             last_beat: Instant::now() - Duration::from_secs(60),
             claiming: None,
             queue_dry: false,
+            publishing: None,
         }
     }
 
@@ -194,7 +197,7 @@ impl Dispatcher {
             while let Ok(result) = self.results_rx.try_recv() {
                 self.handle(result);
             }
-            self.publish().await;
+            self.publish();
             if shutdown.is_cancelled() {
                 return Ok(());
             }
@@ -640,7 +643,7 @@ impl Dispatcher {
     }
 
     /// Every ~2 s: live numbers into the shared stats and the `dispatcher` row.
-    async fn publish(&mut self) {
+    fn publish(&mut self) {
         let in_flight = self.in_flight as u64;
         let (rate, ceiling) = (self.pacer.rate(), self.pacer.ceiling());
         self.stats(|s| {
@@ -672,8 +675,14 @@ impl Dispatcher {
             paused,
             rate: Some(rate),
         };
-        if let Err(e) = dispatcher::publish(&self.db, &beat).await {
-            tracing::warn!(error = %e, "could not publish the dispatcher heartbeat");
+        // Beside the loop, like claims: a write may wait behind another process's lock.
+        if self.publishing.as_ref().is_none_or(|p| p.is_finished()) {
+            let db = self.db.clone();
+            self.publishing = Some(tokio::spawn(async move {
+                if let Err(e) = dispatcher::publish(&db, &beat).await {
+                    tracing::warn!(error = %e, "could not publish the dispatcher heartbeat");
+                }
+            }));
         }
     }
 
