@@ -94,6 +94,9 @@ pub async fn counts(db: &Db, filter: &Filter) -> sqlx::Result<Vec<RunCounts>> {
 pub struct Progress {
     /// Jobs that reached a final status in the last `window_ms`.
     pub finished_in_window: i64,
+    /// The first of those finishes, unix ms (the rate is measured from it when the run began
+    /// finishing less than a window ago).
+    pub first_finished_in_window: Option<i64>,
     /// Earliest scheduled retry (pending with attempts > 0), unix ms.
     pub next_retry_at: Option<i64>,
     /// First job created, unix ms.
@@ -108,7 +111,7 @@ pub async fn progress(db: &Db, run: &str, window_ms: i64) -> sqlx::Result<Progre
     let row = sqlx::query(
         "SELECT COUNT(*) FILTER (WHERE finished_at >= ?2),
                 MIN(next_attempt_at) FILTER (WHERE status = 'pending' AND attempts > 0),
-                MIN(created_at), MAX(finished_at)
+                MIN(created_at), MAX(finished_at), MIN(finished_at) FILTER (WHERE finished_at >= ?2)
          FROM jobs WHERE run = ?1",
     )
     .bind(run)
@@ -120,6 +123,7 @@ pub async fn progress(db: &Db, run: &str, window_ms: i64) -> sqlx::Result<Progre
         next_retry_at: row.get(1),
         first_created_at: row.get(2),
         last_finished_at: row.get(3),
+        first_finished_in_window: row.get(4),
     })
 }
 

@@ -76,7 +76,8 @@ pub struct RunStatus {
     pub open: i64,
     /// Jobs that reached a final status in the last 60 s.
     pub finished_last_minute: i64,
-    /// `finished_last_minute / 60`, jobs per second.
+    /// Jobs finished per second over the last minute (or since the run's first finish, when
+    /// that is more recent).
     pub finished_per_sec: f64,
     /// `open / finished_per_sec`, seconds; null when nothing finished in the last minute.
     pub eta_secs: Option<i64>,
@@ -139,7 +140,11 @@ pub async fn snapshot(db: &Db, run: Option<&str>) -> anyhow::Result<Snapshot> {
 async fn run_status(db: &Db, counts: RunCounts) -> anyhow::Result<RunStatus> {
     let progress = runs::progress(db, &counts.run, WINDOW_MS).await?;
     let top_codes = runs::top_codes(db, &counts.run, TOP_CODES).await?;
-    let per_sec = progress.finished_in_window as f64 / (WINDOW_MS / 1000) as f64;
+    // Over the last minute, or since the run's first finish when that is more recent.
+    let window_ms = progress
+        .first_finished_in_window
+        .map_or(WINDOW_MS, |first| (now_ms() - first).clamp(1000, WINDOW_MS));
+    let per_sec = progress.finished_in_window as f64 * 1000.0 / window_ms as f64;
     let open = counts.open();
     let eta_secs = match (open, per_sec > 0.0) {
         (0, _) => Some(0),
