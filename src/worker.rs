@@ -729,7 +729,7 @@ async fn complete_loop(
     let mut batch = Vec::with_capacity(512);
     while let Some(first) = rx.recv().await {
         batch.push(first);
-        let gather_until = tokio::time::Instant::now() + Duration::from_millis(5);
+        let gather_until = tokio::time::Instant::now() + Duration::from_millis(50);
         while batch.len() < 512 {
             tokio::select! {
                 next = rx.recv() => match next {

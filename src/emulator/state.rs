@@ -340,6 +340,11 @@ pub struct Stats {
     pub registry_remaining: Option<u64>,
     /// Nonces currently remembered (bounded by the TTL and a hard cap).
     pub nonces_remembered: u64,
+    /// Wall-clock time of the first API request, unix microseconds (for rate measurements
+    /// by another process).
+    pub first_arrival_unix_us: Option<u64>,
+    /// Wall-clock time of the latest API request, unix microseconds.
+    pub last_arrival_unix_us: Option<u64>,
 }
 
 /// Everything mutable, guarded by one mutex in the server.
@@ -399,6 +404,9 @@ impl State {
     pub fn record_arrival(&mut self, now: Instant) {
         self.stats.total_requests += 1;
         self.arrivals_all.record(now);
+        let wall = unix_us();
+        self.stats.first_arrival_unix_us.get_or_insert(wall);
+        self.stats.last_arrival_unix_us = Some(wall);
     }
 
     /// Records an arrival attributed to a known key.
@@ -443,6 +451,12 @@ impl State {
         s.nonces_remembered = self.nonces.remembered() as u64;
         s
     }
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Largest number of `offsets` falling in any half-open window `[t, t + window)`.

@@ -1,0 +1,1034 @@
+//! The benchmark suite, run by `bench/run [--quick]` as `cargo bench --bench suite`.
+//!
+//! Spawns the release `deregd` binary (daemon, emulator, submit) as separate processes so each
+//! one's CPU and memory are its own, and uses the library in-process only for the queue
+//! headroom (claim + complete with the API call replaced by an instant answer). Writes a
+//! Markdown report (`--out`); exits non-zero only when a step fails, never on a missed target.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use deregd::clock::now_ms;
+use deregd::db::Db;
+use deregd::job::Status;
+use deregd::queue::{self, Completion};
+
+const DEREGD: &str = env!("CARGO_BIN_EXE_deregd");
+const INSTANCE: &str = "mqtt-cn-bench0001";
+/// The account limit, enforced by the emulator as a strict sliding second.
+const EMULATOR_RATE_LIMIT: u32 = 500;
+const LATENCY_MS: u32 = 30;
+const JITTER_MS: u32 = 10;
+const PACING_CAPS: [u32; 2] = [280, 490];
+/// Claim/complete batch of the headroom run: what the worker claims at ~490/s is ~245, it
+/// completes up to 512 at once.
+const HEADROOM_BATCH: i64 = 256;
+
+/// Sizes of one run.
+struct Sizes {
+    pacing_jobs: usize,
+    headroom_batched: usize,
+    headroom_single: usize,
+    submit_ids: usize,
+    memory_secs: u64,
+    latency_samples: usize,
+}
+
+const FULL: Sizes = Sizes {
+    pacing_jobs: 20_000,
+    headroom_batched: 200_000,
+    headroom_single: 20_000,
+    submit_ids: 1_000_000,
+    memory_secs: 60,
+    latency_samples: 50,
+};
+
+const QUICK: Sizes = Sizes {
+    pacing_jobs: 2_000,
+    headroom_batched: 20_000,
+    headroom_single: 2_000,
+    submit_ids: 50_000,
+    memory_secs: 10,
+    latency_samples: 10,
+};
+
+struct Args {
+    quick: bool,
+    out: Option<PathBuf>,
+    sdk_python: Option<PathBuf>,
+    command: String,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        quick: false,
+        out: None,
+        sdk_python: std::env::var_os("BENCH_SDK_PYTHON")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
+        command: std::env::var("BENCH_COMMAND").unwrap_or_else(|_| "bench/run".into()),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => args.quick = true,
+            "--out" => args.out = Some(it.next().context("--out needs a path")?.into()),
+            "--sdk-python" => {
+                args.sdk_python = Some(it.next().context("--sdk-python needs a path")?.into())
+            }
+            // cargo bench passes --bench to every bench target.
+            "--bench" => {}
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    Ok(args)
+}
+
+/// One line of the report table.
+struct Figure {
+    benchmark: String,
+    figure: String,
+    value: String,
+    target: String,
+    /// `None` for figures shown for comparison only.
+    pass: Option<bool>,
+}
+
+#[derive(Default)]
+struct Report {
+    figures: Vec<Figure>,
+    details: Vec<String>,
+}
+
+impl Report {
+    fn add(
+        &mut self,
+        benchmark: &str,
+        figure: &str,
+        value: String,
+        target: &str,
+        pass: Option<bool>,
+    ) {
+        let mark = match pass {
+            Some(true) => "pass",
+            Some(false) => "MISS",
+            None => "-",
+        };
+        println!("  {benchmark} | {figure}: {value} (target {target}) {mark}");
+        self.figures.push(Figure {
+            benchmark: benchmark.into(),
+            figure: figure.into(),
+            value,
+            target: target.into(),
+            pass,
+        });
+    }
+
+    fn detail(&mut self, line: String) {
+        println!("  {line}");
+        self.details.push(line);
+    }
+}
+
+fn main() {
+    match try_main() {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("bench suite failed: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn try_main() -> Result<()> {
+    let args = parse_args()?;
+    let sizes = if args.quick { &QUICK } else { &FULL };
+    let dir = tempfile::Builder::new().prefix("deregd-bench").tempdir()?;
+    let dir = dir.path();
+    let started = Instant::now();
+    let mut report = Report::default();
+
+    let ids = dir.join("pacing-ids.txt");
+    write_ids(&ids, "dev", sizes.pacing_jobs)?;
+    let mut sdk_python = args.sdk_python.clone();
+    for cap in PACING_CAPS {
+        println!(
+            "== pacing at limits.qps = {cap}, {} jobs",
+            sizes.pacing_jobs
+        );
+        let ours = pacing_deregd(dir, &ids, sizes.pacing_jobs, cap)?;
+        let theirs = match &sdk_python {
+            Some(python) => match pacing_sdk(dir, python, &ids, sizes.pacing_jobs, cap) {
+                Ok(r) => Some(r),
+                Err(e) if args.quick => {
+                    println!("  SDK baseline failed, skipped in quick mode: {e:#}");
+                    sdk_python = None;
+                    None
+                }
+                Err(e) => return Err(e.context("SDK baseline")),
+            },
+            None if args.quick => {
+                println!("  SDK baseline skipped: no venv (pip could not install the SDK)");
+                None
+            }
+            None => bail!("the SDK baseline needs --sdk-python (bench/run installs the SDK)"),
+        };
+        report_pacing(&mut report, cap, &ours, theirs.as_ref());
+    }
+
+    println!("== queue headroom");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let batched = rt.block_on(headroom(
+        dir,
+        "batched",
+        sizes.headroom_batched,
+        HEADROOM_BATCH,
+    ))?;
+    let single = rt.block_on(headroom(dir, "single", sizes.headroom_single, 1))?;
+    report.add(
+        "Queue headroom",
+        &format!("claim + complete, batches of {HEADROOM_BATCH}, jobs/s"),
+        format!("{batched:.0}"),
+        ">= 20000",
+        Some(batched >= 20_000.0),
+    );
+    report.add(
+        "Queue headroom",
+        "same, one job per transaction, jobs/s",
+        format!("{single:.0} ({:.1}x slower)", batched / single),
+        "comparison",
+        None,
+    );
+
+    println!("== bulk submit, {} ids", sizes.submit_ids);
+    let submit_db = bulk_submit(dir, &mut report, sizes.submit_ids)?;
+
+    println!(
+        "== memory, {} s drain of {} queued jobs",
+        sizes.memory_secs, sizes.submit_ids
+    );
+    memory(dir, &mut report, &submit_db, sizes)?;
+
+    println!("== pick-up latency, {} inserts", sizes.latency_samples);
+    pickup_latency(dir, &mut report, sizes.latency_samples)?;
+
+    let elapsed = started.elapsed();
+    println!("== benchmark time {:.0} s", elapsed.as_secs_f64());
+    let markdown = render(&args, sizes, &report, elapsed)?;
+    if let Some(out) = &args.out {
+        if let Some(parent) = out.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(out, markdown).with_context(|| format!("writing {}", out.display()))?;
+        println!("wrote {}", out.display());
+    }
+    let misses = report
+        .figures
+        .iter()
+        .filter(|f| f.pass == Some(false))
+        .count();
+    println!("{misses} figure(s) miss their target");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pacing precision and CPU per call, deregd against the vendor SDK.
+
+/// What one client run at one cap did, as the emulator saw it.
+struct PacingRun {
+    calls: u64,
+    successes: u64,
+    throttled: u64,
+    /// Calls per second from the first to the last arrival.
+    rate: f64,
+    max_sliding: u64,
+    cpu_s: f64,
+    /// SDK only: failed calls it never retried.
+    not_retried: Option<u64>,
+}
+
+impl PacingRun {
+    fn from_stats(stats: &Value, cpu_s: f64, not_retried: Option<u64>) -> Result<PacingRun> {
+        let calls = num(stats, "total_requests")?;
+        let first = num(stats, "first_arrival_unix_us")?;
+        let last = num(stats, "last_arrival_unix_us")?;
+        ensure!(calls > 1 && last > first, "too few calls to measure a rate");
+        Ok(PacingRun {
+            calls,
+            successes: num(stats, "successes")?,
+            throttled: num(stats, "throttled")?,
+            rate: (calls - 1) as f64 / ((last - first) as f64 / 1e6),
+            max_sliding: num(stats, "max_arrivals_per_sliding_second")?,
+            cpu_s,
+            not_retried,
+        })
+    }
+
+    fn cpu_per_call_ms(&self) -> f64 {
+        self.cpu_s * 1000.0 / self.calls as f64
+    }
+}
+
+fn pacing_deregd(dir: &Path, ids: &Path, jobs: usize, cap: u32) -> Result<PacingRun> {
+    let db = dir.join(format!("pacing-{cap}.db"));
+    submit(&db, ids, "pacing")?;
+    let emulator = EmulatorProc::start(dir, &format!("pacing-{cap}"))?;
+    let child = deregd(&db, Some(&emulator), cap)
+        .args(["run", "--until-empty"])
+        .stderr(log_file(dir, &format!("run-{cap}"))?)
+        .spawn()?;
+    let limit = Duration::from_secs_f64(jobs as f64 / cap as f64 * 3.0 + 60.0);
+    let reaped = wait_reaped(child, limit)?;
+    ensure!(reaped.code == 0, "deregd run exited with {}", reaped.code);
+    let stats = emulator.stop()?;
+    let run = PacingRun::from_stats(&stats, reaped.cpu_s, None)?;
+    ensure!(
+        run.successes == jobs as u64,
+        "deregd: {} successes for {jobs} jobs",
+        run.successes
+    );
+    Ok(run)
+}
+
+fn pacing_sdk(dir: &Path, python: &Path, ids: &Path, jobs: usize, cap: u32) -> Result<PacingRun> {
+    let emulator = EmulatorProc::start(dir, &format!("sdk-{cap}"))?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/sdk_baseline.py");
+    let mut child = Command::new(python)
+        .arg(script)
+        .args(["--endpoint", &emulator.address(), "--instance", INSTANCE])
+        .arg("--ids")
+        .arg(ids)
+        .args(["--cap", &cap.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(log_file(dir, &format!("sdk-{cap}"))?)
+        .spawn()?;
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut out)?;
+    let limit = Duration::from_secs_f64(jobs as f64 / cap as f64 * 3.0 + 120.0);
+    let reaped = wait_reaped(child, limit)?;
+    ensure!(
+        reaped.code == 0,
+        "the SDK baseline exited with {} (see sdk-{cap}.log)",
+        reaped.code
+    );
+    let summary: Value = serde_json::from_str(out.trim()).context("SDK baseline output")?;
+    ensure!(
+        num(&summary, "calls")? == jobs as u64,
+        "SDK baseline skipped ids"
+    );
+    let stats = emulator.stop()?;
+    PacingRun::from_stats(&stats, reaped.cpu_s, Some(num(&summary, "not_retried")?))
+}
+
+fn report_pacing(report: &mut Report, cap: u32, ours: &PacingRun, theirs: Option<&PacingRun>) {
+    let b = format!("Pacing @ {cap}/s");
+    let cap_f = cap as f64;
+    report.add(
+        &b,
+        "deregd achieved rate / cap",
+        format!("{:.4} ({:.1} calls/s)", ours.rate / cap_f, ours.rate),
+        ">= 0.99",
+        Some(ours.rate / cap_f >= 0.99),
+    );
+    report.add(
+        &b,
+        "deregd largest sliding second / cap",
+        format!(
+            "{:.4} ({} calls)",
+            ours.max_sliding as f64 / cap_f,
+            ours.max_sliding
+        ),
+        "<= 1.00",
+        Some(ours.max_sliding <= cap as u64),
+    );
+    report.add(
+        &b,
+        "deregd throttled calls",
+        ours.throttled.to_string(),
+        "0",
+        Some(ours.throttled == 0),
+    );
+    report.add(
+        &b,
+        "deregd CPU per call",
+        format!(
+            "{:.4} ms ({:.2} s / {} calls)",
+            ours.cpu_per_call_ms(),
+            ours.cpu_s,
+            ours.calls
+        ),
+        "<= 0.15 ms",
+        Some(ours.cpu_per_call_ms() <= 0.15),
+    );
+    let Some(sdk) = theirs else {
+        report.add(&b, "SDK baseline", "skipped".into(), "comparison", None);
+        return;
+    };
+    report.add(
+        &b,
+        "SDK achieved rate / cap",
+        format!("{:.4} ({:.1} calls/s)", sdk.rate / cap_f, sdk.rate),
+        "comparison",
+        None,
+    );
+    report.add(
+        &b,
+        "SDK largest sliding second / cap",
+        format!(
+            "{:.4} ({} calls)",
+            sdk.max_sliding as f64 / cap_f,
+            sdk.max_sliding
+        ),
+        "comparison",
+        None,
+    );
+    report.add(
+        &b,
+        "SDK throttled / never-retried calls",
+        format!(
+            "{} / {} of {}",
+            sdk.throttled,
+            sdk.not_retried.unwrap_or(0),
+            sdk.calls
+        ),
+        "comparison",
+        None,
+    );
+    report.add(
+        &b,
+        "SDK CPU per call",
+        format!(
+            "{:.4} ms ({:.2} s / {} calls)",
+            sdk.cpu_per_call_ms(),
+            sdk.cpu_s,
+            sdk.calls
+        ),
+        "comparison",
+        None,
+    );
+    report.add(
+        &b,
+        "deregd vs SDK: CPU per call",
+        format!(
+            "{:.3}x (SDK uses {:.1}x deregd's CPU)",
+            ours.cpu_per_call_ms() / sdk.cpu_per_call_ms(),
+            sdk.cpu_per_call_ms() / ours.cpu_per_call_ms()
+        ),
+        "comparison",
+        None,
+    );
+    report.add(
+        &b,
+        "deregd vs SDK: rate, largest sliding second",
+        format!(
+            "{:.3}x, {:.3}x",
+            ours.rate / sdk.rate,
+            ours.max_sliding as f64 / sdk.max_sliding as f64
+        ),
+        "comparison",
+        None,
+    );
+    report.detail(format!(
+        "pacing {cap}/s: deregd {} calls, {} successes; SDK {} calls, {} successes",
+        ours.calls, ours.successes, sdk.calls, sdk.successes
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queue headroom: the real claim/complete code, the API call replaced by an instant answer.
+
+async fn headroom(dir: &Path, label: &str, jobs: usize, batch: i64) -> Result<f64> {
+    let path = dir.join(format!("headroom-{label}.db"));
+    let db = Db::open(&path).await?;
+    let ids: Vec<String> = (0..jobs).map(|i| format!("GID_bench@@@hr{i:08}")).collect();
+    let pairs: Vec<(&str, &str)> = ids.iter().map(|c| (INSTANCE, c.as_str())).collect();
+    deregd::intake::submit(&db, &pairs, "headroom").await?;
+    let owner = "bench-headroom";
+    let started = Instant::now();
+    let mut done = 0usize;
+    loop {
+        let claimed = queue::claim(&db, owner, batch, now_ms() + 60_000, &[]).await?;
+        if claimed.is_empty() {
+            break;
+        }
+        let second = now_ms() / 1000;
+        let completions: Vec<Completion> = claimed
+            .iter()
+            .map(|job| Completion {
+                job_id: job.id,
+                instance_id: job.instance_id.clone(),
+                status: Status::Succeeded,
+                count_attempt: true,
+                next_attempt_at: 0,
+                code: None,
+                message: None,
+                request_id: Some(format!("00000000-0000-0000-0000-{:012}", job.id)),
+                billed_second: Some(second),
+            })
+            .collect();
+        let updated = queue::complete(&db, owner, &completions).await?;
+        ensure!(updated as usize == claimed.len(), "complete lost jobs");
+        done += claimed.len();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    db.close().await;
+    ensure!(done == jobs, "headroom: {done} of {jobs} jobs done");
+    let rate = done as f64 / secs;
+    println!("  {label}: {done} jobs in {secs:.2} s = {rate:.0} jobs/s");
+    Ok(rate)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bulk submit against sqlite3 .import.
+
+fn bulk_submit(dir: &Path, report: &mut Report, n: usize) -> Result<PathBuf> {
+    let ids = dir.join("submit-ids.txt");
+    write_ids(&ids, "bulk", n)?;
+    let db = dir.join("submit.db");
+    let started = Instant::now();
+    submit(&db, &ids, "bulk")?;
+    let ours = started.elapsed().as_secs_f64();
+    ensure!(count_jobs(&db)? == n as u64, "deregd submit lost ids");
+
+    // Same table, same pragmas as the daemon: staging table, then INSERT ... SELECT.
+    let staged = dir.join("staged.db");
+    let status = deregd(&staged, None, 280)
+        .arg("migrate")
+        .stderr(Stdio::null())
+        .status()?;
+    ensure!(status.success(), "deregd migrate failed");
+    let script = format!(
+        ".timeout 5000\nPRAGMA journal_mode=WAL;\nPRAGMA synchronous=NORMAL;\n\
+         PRAGMA temp_store=MEMORY;\nCREATE TEMP TABLE staging(client_id TEXT);\n\
+         .import --csv {ids} staging\nBEGIN IMMEDIATE;\n\
+         INSERT INTO jobs (instance_id, client_id, run) SELECT '{INSTANCE}', client_id, 'bulk' FROM staging;\n\
+         COMMIT;\n",
+        ids = ids.display()
+    );
+    let staging = time_sqlite3(&staged, &script)?;
+    ensure!(count_jobs(&staged)? == n as u64, "staged import lost ids");
+
+    let bare = dir.join("bare.db");
+    let script = format!(
+        "PRAGMA journal_mode=WAL;\nPRAGMA synchronous=NORMAL;\nCREATE TABLE ids(client_id TEXT);\n\
+         .import --csv {ids} ids\n",
+        ids = ids.display()
+    );
+    let bare_s = time_sqlite3(&bare, &script)?;
+
+    let b = "Bulk submit";
+    let label = format!("{n} ids");
+    report.add(
+        b,
+        &format!("deregd submit, {label}"),
+        format!("{ours:.2} s"),
+        "<= 5 s (at 1,000,000)",
+        Some(ours <= 5.0),
+    );
+    report.add(
+        b,
+        "sqlite3 .import to staging + INSERT ... SELECT into jobs",
+        format!("{staging:.2} s"),
+        "comparison",
+        None,
+    );
+    report.add(
+        b,
+        "deregd submit / staged import",
+        format!("{:.2}x", ours / staging),
+        "<= 1.5x",
+        Some(ours / staging <= 1.5),
+    );
+    report.add(
+        b,
+        "bare .import into an unindexed table; deregd submit / bare",
+        format!("{bare_s:.2} s; {:.2}x", ours / bare_s),
+        "comparison",
+        None,
+    );
+    Ok(db)
+}
+
+fn time_sqlite3(db: &Path, script: &str) -> Result<f64> {
+    let started = Instant::now();
+    let mut child = Command::new("sqlite3")
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("sqlite3 (the shell) is needed")?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let secs = started.elapsed().as_secs_f64();
+    ensure!(
+        out.status.success() && out.stderr.is_empty(),
+        "sqlite3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(secs)
+}
+
+fn count_jobs(db: &Path) -> Result<u64> {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg("SELECT count(*) FROM jobs")
+        .output()?;
+    ensure!(out.status.success(), "sqlite3 count failed");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory while draining a large queue.
+
+fn memory(dir: &Path, report: &mut Report, db: &Path, sizes: &Sizes) -> Result<()> {
+    let emulator = EmulatorProc::start(dir, "memory")?;
+    let child = deregd(db, Some(&emulator), 490)
+        .arg("run")
+        .stderr(log_file(dir, "memory")?)
+        .spawn()?;
+    let pid = child.id() as i32;
+    let until = Instant::now() + Duration::from_secs(sizes.memory_secs);
+    let mut hwm_kb = 0;
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(250));
+        hwm_kb = vm_hwm_kb(pid).context("deregd run died during the memory run")?;
+    }
+    terminate(pid);
+    let reaped = wait_reaped(child, Duration::from_secs(30))?;
+    ensure!(reaped.code == 0, "deregd run exited with {}", reaped.code);
+    let stats = emulator.stop()?;
+    let mb = hwm_kb as f64 / 1024.0;
+    report.add(
+        "Memory",
+        &format!(
+            "peak RSS (VmHWM) of deregd run, {} s drain of {} queued jobs",
+            sizes.memory_secs, sizes.submit_ids
+        ),
+        format!("{mb:.1} MiB"),
+        "<= 40 MB",
+        Some(mb <= 40.0),
+    );
+    report.detail(format!(
+        "memory run: {} calls in {} s; ru_maxrss {:.1} MiB",
+        num(&stats, "total_requests")?,
+        sizes.memory_secs,
+        reaped.maxrss_kb as f64 / 1024.0
+    ));
+    Ok(())
+}
+
+fn vm_hwm_kb(pid: i32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM (process gone?)")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmHWM value")?
+        .parse()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pick-up latency: sqlite3 INSERT while idle -> the call reaching the emulator.
+
+fn pickup_latency(dir: &Path, report: &mut Report, samples: usize) -> Result<()> {
+    let db = dir.join("latency.db");
+    let status = deregd(&db, None, 280)
+        .arg("migrate")
+        .stderr(Stdio::null())
+        .status()?;
+    ensure!(status.success(), "deregd migrate failed");
+    let emulator = EmulatorProc::start(dir, "latency")?;
+    let child = deregd(&db, Some(&emulator), 280)
+        .arg("run")
+        .stderr(log_file(dir, "latency")?)
+        .spawn()?;
+    let pid = child.id() as i32;
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut latencies = Vec::with_capacity(samples);
+    for i in 0..samples {
+        // Spread the inserts over the daemon's poll phase.
+        std::thread::sleep(Duration::from_millis(150 + (i as u64 * 137) % 400));
+        let before = num(&emulator.stats()?, "total_requests")?;
+        let sql = format!(
+            "INSERT INTO jobs (instance_id, client_id) VALUES ('{INSTANCE}', 'GID_bench@@@lat{i:05}')"
+        );
+        let t0 = unix_us();
+        let out = Command::new("sqlite3")
+            .arg(&db)
+            .args([".timeout 5000", &sql])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "sqlite3 insert failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let arrived = loop {
+            let stats = emulator.stats()?;
+            if num(&stats, "total_requests")? > before {
+                break num(&stats, "last_arrival_unix_us")?;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the inserted job never reached the emulator"
+            );
+            std::thread::sleep(Duration::from_millis(3));
+        };
+        latencies.push(arrived.saturating_sub(t0) as f64 / 1000.0);
+    }
+    terminate(pid);
+    let reaped = wait_reaped(child, Duration::from_secs(30))?;
+    ensure!(reaped.code == 0, "deregd run exited with {}", reaped.code);
+    emulator.stop()?;
+    latencies.sort_by(f64::total_cmp);
+    let p50 = percentile(&latencies, 0.50);
+    let p99 = percentile(&latencies, 0.99);
+    let b = "Pick-up latency";
+    report.add(
+        b,
+        &format!("INSERT to call, p50 over {samples} inserts"),
+        format!("{p50:.0} ms"),
+        "comparison",
+        None,
+    );
+    report.add(
+        b,
+        &format!("INSERT to call, p99 over {samples} inserts"),
+        format!("{p99:.0} ms (max {:.0} ms)", latencies[latencies.len() - 1]),
+        "<= 1000 ms",
+        Some(p99 <= 1000.0),
+    );
+    Ok(())
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes.
+
+/// `deregd` with a database, an endpoint and a cap, configured through the environment.
+fn deregd(db: &Path, emulator: Option<&EmulatorProc>, qps: u32) -> Command {
+    let mut cmd = Command::new(DEREGD);
+    cmd.env_remove("DEREGD_CONFIG")
+        .env("DEREGD_DATABASE__PATH", db)
+        .env("DEREGD_LIMITS__QPS", qps.to_string())
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", "testid")
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "testsecret")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    if let Some(e) = emulator {
+        cmd.env("DEREGD_API__ENDPOINT", format!("http://{}", e.address()));
+    }
+    cmd
+}
+
+fn submit(db: &Path, ids: &Path, run: &str) -> Result<()> {
+    let out = deregd(db, None, 280)
+        .args(["submit", "--instance", INSTANCE, "--run", run])
+        .arg(ids)
+        .stderr(Stdio::piped())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "deregd submit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn write_ids(path: &Path, prefix: &str, n: usize) -> Result<()> {
+    let mut out = std::io::BufWriter::new(fs::File::create(path)?);
+    for i in 0..n {
+        writeln!(out, "GID_bench@@@{prefix}{i:08}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn log_file(dir: &Path, name: &str) -> Result<fs::File> {
+    Ok(fs::File::create(dir.join(format!("{name}.log")))?)
+}
+
+fn terminate(pid: i32) {
+    // SAFETY: plain kill(2) on a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+}
+
+/// A child reaped with wait4: its exit code and resource usage (all its threads).
+struct Reaped {
+    code: i32,
+    cpu_s: f64,
+    maxrss_kb: i64,
+}
+
+/// Waits until `child` exits (killing it after `limit`), then reaps it with wait4 to read its
+/// CPU time.
+fn wait_reaped(child: Child, limit: Duration) -> Result<Reaped> {
+    let pid = child.id() as i32;
+    // Reaped here by wait4, not by std: dropping a Child neither waits nor kills.
+    drop(child);
+    let deadline = Instant::now() + limit;
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the parenthesised command name.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next());
+        if state == Some("Z") || stat.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            reap(pid)?;
+            bail!("pid {pid} ran longer than {limit:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reap(pid)
+}
+
+fn reap(pid: i32) -> Result<Reaped> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting on our own child with valid out-pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    ensure!(
+        r == pid,
+        "wait4({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Reaped {
+        code,
+        cpu_s: secs(usage.ru_utime) + secs(usage.ru_stime),
+        maxrss_kb: usage.ru_maxrss,
+    })
+}
+
+/// `deregd emulator` as its own process, so its CPU is charged to neither client.
+struct EmulatorProc {
+    child: Child,
+    port: u16,
+}
+
+impl EmulatorProc {
+    fn start(dir: &Path, name: &str) -> Result<EmulatorProc> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(DEREGD)
+            .arg("emulator")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--rate-limit", &EMULATOR_RATE_LIMIT.to_string()])
+            .args(["--latency-ms", &LATENCY_MS.to_string()])
+            .args(["--jitter-ms", &JITTER_MS.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(dir, &format!("emulator-{name}"))?)
+            .spawn()?;
+        let emulator = EmulatorProc { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while emulator.stats().is_err() {
+            ensure!(Instant::now() < deadline, "the emulator did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(emulator)
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `GET /__emulator/stats`.
+    fn stats(&self) -> Result<Value> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET /__emulator/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw)?;
+        let body = raw.split_once("\r\n\r\n").context("no HTTP body")?.1;
+        let json =
+            &body[body.find('{').context("no JSON")?..=body.rfind('}').context("no JSON")?];
+        Ok(serde_json::from_str(json)?)
+    }
+
+    fn stop(mut self) -> Result<Value> {
+        let stats = self.stats()?;
+        terminate(self.child.id() as i32);
+        self.child.wait()?;
+        Ok(stats)
+    }
+}
+
+impl Drop for EmulatorProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn num(v: &Value, key: &str) -> Result<u64> {
+    v.get(key)
+        .and_then(Value::as_u64)
+        .with_context(|| format!("no number {key:?} in {v}"))
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report.
+
+fn render(args: &Args, sizes: &Sizes, report: &Report, elapsed: Duration) -> Result<String> {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown", |(_, m)| m.trim());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut md = String::new();
+    let title = if args.quick {
+        "deregd benchmarks (quick mode: small sizes, checks the suite works)"
+    } else {
+        "deregd benchmarks"
+    };
+    writeln!(md, "# {title}\n")?;
+    writeln!(md, "Generated by `{}`; do not edit by hand (the notes at the end come from `bench/notes.md`).\n", args.command)?;
+    writeln!(
+        md,
+        "- Date: {} UTC",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M")
+    )?;
+    writeln!(md, "- Machine: {cores} cores, {model}")?;
+    writeln!(md, "- Command: `{}`", args.command)?;
+    writeln!(
+        md,
+        "- Emulator: `deregd emulator` as its own process, rate limit {EMULATOR_RATE_LIMIT}/s \
+         (strict sliding second), latency {LATENCY_MS}±{JITTER_MS} ms"
+    )?;
+    writeln!(
+        md,
+        "- Sizes: {} jobs per pacing run, {} / {} jobs for queue headroom (batched / single), \
+         {} ids submitted, {} s memory run, {} latency samples",
+        sizes.pacing_jobs,
+        sizes.headroom_batched,
+        sizes.headroom_single,
+        sizes.submit_ids,
+        sizes.memory_secs,
+        sizes.latency_samples
+    )?;
+    writeln!(
+        md,
+        "- Benchmark time: {:.0} s (build excluded)\n",
+        elapsed.as_secs_f64()
+    )?;
+    writeln!(md, "| Benchmark | Figure | Value | Target | Result |")?;
+    writeln!(md, "|---|---|---|---|---|")?;
+    for f in &report.figures {
+        let result = match f.pass {
+            Some(true) => "pass",
+            Some(false) => "**miss**",
+            None => "-",
+        };
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            f.benchmark, f.figure, f.value, f.target, result
+        )?;
+    }
+    if !report.details.is_empty() {
+        writeln!(md, "\nDetails:\n")?;
+        for d in &report.details {
+            writeln!(md, "- {d}")?;
+        }
+    }
+    writeln!(md, "\n## How each figure is measured\n")?;
+    md.push_str(METHOD);
+    let notes = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/notes.md");
+    if let Ok(text) = fs::read_to_string(notes) {
+        writeln!(md)?;
+        md.push_str(&text);
+    }
+    Ok(md)
+}
+
+const METHOD: &str = "\
+- **Pacing precision**: per cap, a fresh database gets the jobs through `deregd submit` \
+(not timed), a fresh emulator process starts, and `deregd run --until-empty` drains the queue \
+with `DEREGD_LIMITS__QPS` = the cap. The emulator records the wall-clock time of every request \
+it receives; the achieved rate is (calls - 1) / (last arrival - first arrival), i.e. the steady \
+part from the first to the last call, start-up and the drain of the last answers excluded. \
+The largest sliding second is the emulator's `max_arrivals_per_sliding_second` (every arrival, \
+throttled or not, in any window [t, t + 1 s)). Throttled calls are the emulator's count.
+- **CPU per call**: user + system seconds of the whole `deregd run` process (all threads, \
+start-up and migration included), read with `wait4` when it is reaped, divided by the calls \
+the emulator saw. The baseline is `bench/sdk_baseline.py`: the vendor's Python SDK \
+(`alibabacloud-onsmqtt20200420`, default V3 signing, plain http), 64 threads, one client per \
+thread, at most *cap* calls started per calendar second, no retries; same ids, its own fresh \
+emulator; its CPU is the whole Python process's, measured the same way (interpreter start-up \
+and imports included, as for deregd). Ratios are deregd / SDK.
+- **Queue headroom**: in-process, the real `deregd::queue::claim` and `deregd::queue::complete` \
+on a fresh WAL database with the daemon's pragmas; each claimed job is completed at once as \
+succeeded with a request id and a `tps_usage` count (what a real success writes). Batched: claim \
+256, complete those 256 in one transaction. Single: claim 1, complete 1, per transaction.
+- **Bulk submit**: wall time of `deregd submit --instance ... FILE` into a fresh database \
+(creation and migration included), against `sqlite3` reading the same file into a migrated \
+database with the daemon's pragmas: `.import --csv` into a TEMP staging table, then one \
+`INSERT INTO jobs ... SELECT` (the `jobs` indexes are maintained); and a bare `.import` into an \
+unindexed one-column table. deregd also validates and deduplicates every line.
+- **Memory**: `deregd run` (at 490/s) drains the database of the bulk-submit step; VmHWM from \
+`/proc/PID/status` is read every 250 ms and the last reading (the peak so far) is reported at \
+the end of the run.
+- **Pick-up latency**: `deregd run` idles on an empty database (default 250 ms poll interval); \
+each sample takes the wall-clock time just before spawning `sqlite3 DB \"INSERT ...\"` (so it \
+includes the shell's start-up) and the emulator's wall-clock arrival time of that job's call. \
+Inserts are spread 150-550 ms apart. Percentiles are nearest-rank (p99 of 50 samples is the \
+maximum).
+";
