@@ -4,18 +4,29 @@
 
 use sqlx::SqliteExecutor;
 
-/// Adds one billed call to `(instance_id, second)`.
-pub async fn record_call<'e>(
-    exec: impl SqliteExecutor<'e>,
-    instance_id: &str,
-    second: i64,
-) -> sqlx::Result<()> {
+/// Billed calls counted by `(instance_id, unix second)`.
+pub type Tally = Vec<(String, i64, i64)>;
+
+/// Sums billed calls by instance and second.
+pub fn tally<'a>(calls: impl Iterator<Item = (&'a str, i64)>) -> Tally {
+    let mut sums: std::collections::BTreeMap<(&str, i64), i64> = Default::default();
+    for key in calls {
+        *sums.entry(key).or_default() += 1;
+    }
+    sums.into_iter()
+        .map(|((instance, second), calls)| (instance.to_string(), second, calls))
+        .collect()
+}
+
+/// Adds billed calls to `tps_usage`, one statement for the whole tally.
+pub async fn record_calls<'e>(exec: impl SqliteExecutor<'e>, tally: &Tally) -> sqlx::Result<()> {
+    let rows = serde_json::to_string(tally).expect("strings and numbers serialize");
     sqlx::query(
-        "INSERT INTO tps_usage (instance_id, second, calls) VALUES (?1, ?2, 1)
-         ON CONFLICT (instance_id, second) DO UPDATE SET calls = calls + 1",
+        "INSERT INTO tps_usage (instance_id, second, calls)
+         SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1) WHERE true
+         ON CONFLICT (instance_id, second) DO UPDATE SET calls = calls + excluded.calls",
     )
-    .bind(instance_id)
-    .bind(second)
+    .bind(rows)
     .execute(exec)
     .await?;
     Ok(())

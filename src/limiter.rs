@@ -7,14 +7,16 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::config::LimitsSettings;
 use crate::outcome::Pressure;
 
 /// Headroom kept under a ceiling, so scheduling jitter cannot push one more call into a second.
-pub const PACING_MARGIN: f64 = 0.002;
+pub const PACING_MARGIN: f64 = 0.001;
+/// How much later than its permit a call may reach the gateway (scheduling, loopback).
+pub const ARRIVAL_JITTER: Duration = Duration::from_millis(5);
 /// Multiplier applied to the rate on a throttling signal.
 pub const CUT_FACTOR: f64 = 0.7;
 /// Cubic regrowth constant (calls/s per s^3), as in AWS's adaptive retry mode.
@@ -30,10 +32,13 @@ pub const OVERLOAD_MIN: u32 = 3;
 
 /// The GCRA quota that keeps any sliding second at or under `ceiling` calls with `burst`
 /// calls allowed back to back: a burst of B then one call per period gives at most
-/// `B - 1 + 1s/period` calls in any second.
+/// `B - 1 + 1s/period` permits in any second; one call of headroom more covers arrival jitter.
 pub fn quota_for(ceiling: f64, burst: u32) -> Quota {
     let burst = burst.max(1);
-    let steady = ((ceiling - (burst as f64 - 1.0)) / (1.0 + PACING_MARGIN)).max(0.1);
+    // `burst - 1` calls for the burst, and ARRIVAL_JITTER's worth of calls: a call that
+    // reaches the gateway a little late lets the next ones close up behind it.
+    let jitter_calls = (ceiling * ARRIVAL_JITTER.as_secs_f64()).min(2.5);
+    let steady = ((ceiling - (burst as f64 - 1.0) - jitter_calls) / (1.0 + PACING_MARGIN)).max(0.1);
     let period = Duration::from_secs_f64(1.0 / steady);
     Quota::with_period(period)
         .expect("period is positive")
@@ -210,7 +215,12 @@ impl Pacer {
         if let Some(at) = self.not_before.take() {
             tokio::time::sleep_until(at.into()).await;
         }
-        self.account.until_ready().await;
+        // governor's own `until_ready` sleeps on the futures-timer thread: one more thread
+        // hand-off per call. tokio's timer wakes this task directly.
+        while let Err(not_until) = self.account.check() {
+            let wait = not_until.wait_time_from(self.account.clock().now());
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Takes one call from `instance_id`'s cap. `Err(wait)` when the cap allows none now.
@@ -219,7 +229,7 @@ impl Pacer {
             None => Ok(()),
             Some(limiter) => limiter
                 .check()
-                .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now())),
+                .map_err(|not_until| not_until.wait_time_from(limiter.clock().now())),
         }
     }
 

@@ -71,7 +71,8 @@ pub async fn claim(
     Ok(jobs)
 }
 
-/// Writes a batch of completions in one `BEGIN IMMEDIATE` transaction. A job is updated only if
+/// Writes a batch of completions in one `BEGIN IMMEDIATE` transaction, as two statements
+/// whatever its size (one round trip each to SQLite's thread). A job is updated only if
 /// `owner` still holds its lease; a billed call is counted in `tps_usage` whatever happened to
 /// the lease, since the vendor billed it. Returns how many jobs were updated.
 pub async fn complete(db: &Db, owner: &str, batch: &[Completion]) -> sqlx::Result<u64> {
@@ -79,33 +80,48 @@ pub async fn complete(db: &Db, owner: &str, batch: &[Completion]) -> sqlx::Resul
         return Ok(0);
     }
     let now = now_ms();
+    let rows: Vec<serde_json::Value> = batch
+        .iter()
+        .map(|c| {
+            serde_json::json!([
+                c.job_id,
+                c.status.as_str(),
+                c.count_attempt as i64,
+                c.next_attempt_at,
+                c.code,
+                c.message,
+                c.request_id,
+                c.status.is_terminal().then_some(now),
+            ])
+        })
+        .collect();
+    let billed = billing::tally(batch.iter().filter_map(|c| {
+        c.billed_second
+            .map(|second| (c.instance_id.as_str(), second))
+    }));
     let mut tx = db.begin_write().await?;
-    let mut updated = 0;
-    for c in batch {
-        let finished = c.status.is_terminal().then_some(now);
-        let result = sqlx::query(
-            "UPDATE jobs SET status = ?1, attempts = attempts + ?2, next_attempt_at = ?3,
-                 last_code = COALESCE(?4, last_code), last_message = COALESCE(?5, last_message),
-                 request_id = COALESCE(?6, request_id), lease_owner = NULL, lease_until = NULL,
-                 updated_at = ?7, finished_at = ?8
-             WHERE id = ?9 AND lease_owner = ?10 AND status = 'running'",
-        )
-        .bind(c.status.as_str())
-        .bind(c.count_attempt as i64)
-        .bind(c.next_attempt_at)
-        .bind(c.code.as_deref())
-        .bind(c.message.as_deref())
-        .bind(c.request_id.as_deref())
-        .bind(now)
-        .bind(finished)
-        .bind(c.job_id)
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
-        updated += result.rows_affected();
-        if let Some(second) = c.billed_second {
-            billing::record_call(&mut *tx, &c.instance_id, second).await?;
-        }
+    let updated = sqlx::query(
+        "UPDATE jobs SET status = c.new_status, attempts = attempts + c.counted,
+             next_attempt_at = c.new_next_attempt_at,
+             last_code = COALESCE(c.new_code, last_code),
+             last_message = COALESCE(c.new_message, last_message),
+             request_id = COALESCE(c.new_request_id, request_id), lease_owner = NULL,
+             lease_until = NULL, updated_at = ?3, finished_at = c.new_finished_at
+         FROM (SELECT value ->> 0 AS job_id, value ->> 1 AS new_status, value ->> 2 AS counted,
+                      value ->> 3 AS new_next_attempt_at, value ->> 4 AS new_code,
+                      value ->> 5 AS new_message, value ->> 6 AS new_request_id,
+                      value ->> 7 AS new_finished_at
+               FROM json_each(?1)) AS c
+         WHERE jobs.id = c.job_id AND jobs.lease_owner = ?2 AND jobs.status = 'running'",
+    )
+    .bind(serde_json::Value::Array(rows).to_string())
+    .bind(owner)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if !billed.is_empty() {
+        billing::record_calls(&mut *tx, &billed).await?;
     }
     tx.commit().await?;
     Ok(updated)
