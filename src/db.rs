@@ -44,7 +44,7 @@ impl Db {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
             .pragma("temp_store", "memory")
-            .pragma("cache_size", "-16000")
+            .pragma("cache_size", "-4000")
             // SQL text is for `RUST_LOG=trace`; a long export or bulk change is not a warning.
             .log_statements(log::LevelFilter::Trace)
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
@@ -90,6 +90,15 @@ impl Db {
     /// on the busy timeout instead of failing with SQLITE_BUSY halfway.
     pub async fn begin_write(&self) -> sqlx::Result<Transaction<'static, Sqlite>> {
         self.writer.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    /// Gives the writer connection a page cache of `mib` MiB (bulk submission: the jobs indexes
+    /// then stay in memory while a million rows go in). The daemon keeps the small default.
+    pub async fn set_writer_cache_mib(&self, mib: u32) -> sqlx::Result<()> {
+        sqlx::query(&format!("PRAGMA cache_size = -{}", mib as u64 * 1024))
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 
     pub async fn close(&self) {

@@ -62,7 +62,10 @@ pub fn is_csv_header(line: &str) -> bool {
 pub fn parse<'a>(input: &'a [u8], instance: Option<&'a str>) -> Result<Parsed<'a>, InputError> {
     let input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
     let mut parsed = Parsed::default();
-    let mut seen: HashSet<(&str, &str)> = HashSet::with_capacity(input.len() / 32);
+    // FxHash: SipHash's flood resistance buys nothing for an operator's own file, and a
+    // million lookups in it were a tenth of a bulk submission's time.
+    let mut seen: rustc_hash::FxHashSet<(&str, &str)> =
+        rustc_hash::FxHashSet::with_capacity_and_hasher(input.len() / 32, Default::default());
     let mut header_checked = false;
     for (index, raw) in input.split(|b| *b == b'\n').enumerate() {
         let number = index + 1;
@@ -147,7 +150,7 @@ fn unquote(field: &str) -> &str {
 
 /// The pairs already pending or running, by instance: what a submission must not queue again.
 #[derive(Debug, Default)]
-pub struct OpenPairs(HashMap<String, HashSet<String>>);
+pub struct OpenPairs(HashMap<String, rustc_hash::FxHashSet<String>>);
 
 impl OpenPairs {
     pub fn contains(&self, instance_id: &str, client_id: &str) -> bool {
@@ -182,7 +185,7 @@ pub async fn open_pairs(db: &Db, instances: &[&str]) -> sqlx::Result<OpenPairs> 
     let mut open = OpenPairs::default();
     for row in rows {
         let clients: &str = row.get(1);
-        let clients: HashSet<String> =
+        let clients: rustc_hash::FxHashSet<String> =
             serde_json::from_str(clients).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         open.0.insert(row.get(0), clients);
     }

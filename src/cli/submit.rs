@@ -45,6 +45,7 @@ pub async fn run(settings: Settings, args: SubmitArgs) -> anyhow::Result<()> {
         InputError::NoInstance => UsageError(e.to_string()),
     })?;
     let db = Db::open(&settings.database.path).await?;
+    db.set_writer_cache_mib(256).await?;
     let inserted = intake::submit(&db, &parsed.pairs, &args.run).await;
     db.close().await;
     let inserted = inserted.context("cannot queue the jobs")?;
