@@ -30,6 +30,24 @@ pub struct Completion {
     pub billed_second: Option<i64>,
 }
 
+impl Completion {
+    /// A completion that changes nothing but the status (and frees the lease); the caller sets
+    /// what else it learnt. `Pending` jobs become due at once.
+    pub fn new(job: &Job, status: Status) -> Completion {
+        Completion {
+            job_id: job.id,
+            instance_id: job.instance_id.clone(),
+            status,
+            count_attempt: false,
+            next_attempt_at: now_ms(),
+            code: None,
+            message: None,
+            request_id: None,
+            billed_second: None,
+        }
+    }
+}
+
 /// Claims up to `limit` due jobs for `owner`, leased until `lease_until` (unix ms).
 /// Jobs of the instances in `excluded` (paused ones) are left alone.
 pub async fn claim(

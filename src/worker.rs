@@ -393,17 +393,10 @@ impl Dispatcher {
     fn reject(&mut self, job: Job, reason: String) {
         tracing::warn!(job.id = job.id, job.reason = %reason, "rejected: malformed job, not sent");
         self.stats(|s| s.rejected += 1);
-        self.finish(Completion {
-            job_id: job.id,
-            instance_id: job.instance_id,
-            status: Status::Rejected,
-            count_attempt: false,
-            next_attempt_at: 0,
-            code: Some("InvalidInput".into()),
-            message: Some(reason),
-            request_id: None,
-            billed_second: None,
-        });
+        let mut completion = Completion::new(&job, Status::Rejected);
+        completion.code = Some("InvalidInput".into());
+        completion.message = Some(reason);
+        self.finish(completion);
     }
 
     fn finish(&mut self, completion: Completion) {
@@ -434,17 +427,9 @@ impl Dispatcher {
         });
         let attempt = job.attempts + 1;
         let billed_second = billed.then_some(sent_ms.div_euclid(1000));
-        let mut completion = Completion {
-            job_id: job.id,
-            instance_id: job.instance_id.clone(),
-            status: Status::Pending,
-            count_attempt: true,
-            next_attempt_at: 0,
-            code: None,
-            message: None,
-            request_id: None,
-            billed_second,
-        };
+        let mut completion = Completion::new(&job, Status::Pending);
+        completion.count_attempt = true;
+        completion.billed_second = billed_second;
         if !matches!(outcome, Outcome::Retry { .. }) {
             self.pacer.on_accepted();
         }
@@ -588,17 +573,7 @@ impl Dispatcher {
         let (release, keep): (Vec<Job>, Vec<Job>) = self.buffer.drain(..).partition(|j| which(j));
         self.buffer = keep.into();
         for job in release {
-            self.finish(Completion {
-                job_id: job.id,
-                instance_id: job.instance_id,
-                status: Status::Pending,
-                count_attempt: false,
-                next_attempt_at: now_ms(),
-                code: None,
-                message: None,
-                request_id: None,
-                billed_second: None,
-            });
+            self.finish(Completion::new(&job, Status::Pending));
         }
     }
 
@@ -729,7 +704,7 @@ async fn complete_loop(
     let mut batch = Vec::with_capacity(512);
     while let Some(first) = rx.recv().await {
         batch.push(first);
-        let gather_until = tokio::time::Instant::now() + Duration::from_millis(50);
+        let gather_until = tokio::time::Instant::now() + Duration::from_millis(10);
         while batch.len() < 512 {
             tokio::select! {
                 next = rx.recv() => match next {
