@@ -208,6 +208,47 @@ fn submit_reads_csv_with_an_instance_per_row_from_stdin() {
 }
 
 #[test]
+fn submit_of_a_csv_spanning_several_chunks_skips_pairs_open_before_an_instance_first_appears() {
+    let env = Env::new();
+    // post-cn-2 has an open job before the submission; its rows only start after the first
+    // chunk (50,000 rows) has been committed.
+    let out = env.run_with_input(
+        &["submit", "--instance", "post-cn-2", "--run", "early", "-"],
+        b"GID_fleet@@@late-7\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mut csv = String::from("instance_id,client_id\n");
+    for i in 0..60_000 {
+        csv.push_str(&format!("post-cn-1,GID_fleet@@@dev-{i}\n"));
+    }
+    for i in 0..10 {
+        csv.push_str(&format!("post-cn-2,GID_fleet@@@late-{i}\n"));
+    }
+    csv.push_str("post-cn-1,GID_fleet@@@dev-3\n"); // repeats a line of the first chunk
+    csv.push_str("post-cn-1,bad id\n");
+    let out = env.run_with_input(&["submit", "--run", "csv", "--json", "-"], csv.as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out["queued"], 60_009);
+    assert_eq!(out["duplicates_in_input"], 1);
+    assert_eq!(out["already_open"], 1);
+    assert_eq!(out["rejections"][0]["line"], 60_013);
+    assert_eq!(
+        env.sql("SELECT COUNT(*) FROM jobs WHERE client_id = 'GID_fleet@@@late-7'"),
+        "1"
+    );
+    assert_eq!(
+        env.sql("SELECT COUNT(*), COUNT(DISTINCT instance_id || client_id) FROM jobs"),
+        "60010|60010"
+    );
+    // Input order is kept: the last queued row is post-cn-2's last.
+    assert_eq!(
+        env.sql("SELECT client_id FROM jobs ORDER BY id DESC LIMIT 1"),
+        "GID_fleet@@@late-9"
+    );
+}
+
+#[test]
 fn submit_without_an_instance_or_a_csv_header_is_a_usage_error() {
     let env = Env::new();
     let out = env.run_with_input(&["submit", "-"], b"GID_fleet@@@a\n");
@@ -217,6 +258,10 @@ fn submit_without_an_instance_or_a_csv_header_is_a_usage_error() {
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
     let missing = env.run(&["submit", "--instance", "post-cn-1", "/nonexistent/ids.txt"]);
     assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+    assert!(
+        !env.db.exists(),
+        "a usage error must not create the database"
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use crate::cli::common::{self, check_run};
 use crate::cli::UsageError;
 use crate::config::Settings;
 use crate::db::Db;
-use crate::intake::{self, InputError};
+use crate::intake::{self, InputError, SubmitError, Submitted};
 use crate::job;
 
 /// Rejected lines printed in text mode (all of them are in `--json`).
@@ -41,36 +41,45 @@ pub async fn run(settings: Settings, args: SubmitArgs) -> anyhow::Result<()> {
         job::check_instance_id(instance).map_err(|e| UsageError(format!("--instance: {e}")))?;
     }
     let input = read_input(args.file.as_deref())?;
-    let parsed = intake::parse(&input, args.instance.as_deref()).map_err(|e| match e {
-        InputError::NoInstance => UsageError(e.to_string()),
-    })?;
+    intake::check_input(&input, args.instance.as_deref()).map_err(usage)?;
+    // The parser thread borrows the input while the chunks are inserted; this process ends when
+    // the submission does, so the input is leaked rather than copied or reference-counted.
+    let input: &'static [u8] = Box::leak(input.into_boxed_slice());
+    let instance: Option<&'static str> = args
+        .instance
+        .clone()
+        .map(|i| &*Box::leak(i.into_boxed_str()));
     let db = Db::open(&settings.database.path).await?;
     db.set_writer_cache_mib(256).await?;
-    let inserted = intake::submit(&db, &parsed.pairs, &args.run).await;
+    let submitted = intake::submit_input(&db, input, instance, &args.run).await;
     db.close().await;
-    let inserted = inserted.context("cannot queue the jobs")?;
+    let Submitted { inserted, parse } = match submitted {
+        Ok(submitted) => submitted,
+        Err(SubmitError::Input(e)) => return Err(usage(e).into()),
+        Err(e @ SubmitError::Database(_)) => return Err(e.into()),
+    };
 
-    let duplicates = parsed.duplicates_in_input + inserted.already_open;
+    let duplicates = parse.duplicates_in_input + inserted.already_open;
     let result = if args.json {
         let out = serde_json::json!({
             "run": args.run,
             "queued": inserted.queued,
             "duplicates": duplicates,
-            "duplicates_in_input": parsed.duplicates_in_input,
+            "duplicates_in_input": parse.duplicates_in_input,
             "already_open": inserted.already_open,
-            "rejected": parsed.rejections.len(),
-            "rejections": parsed.rejections,
+            "rejected": parse.rejections.len(),
+            "rejections": parse.rejections,
         });
         common::write_json(&mut common::stdout(), &out)
     } else {
-        print_text(&args.run, &parsed, inserted.queued, duplicates)
+        print_text(&args.run, &parse, inserted.queued, duplicates)
     };
     common::quiet_on_broken_pipe(result)
 }
 
 fn print_text(
     run: &str,
-    parsed: &intake::Parsed<'_>,
+    parsed: &intake::ParseSummary,
     queued: u64,
     duplicates: u64,
 ) -> anyhow::Result<()> {
@@ -93,6 +102,10 @@ fn print_text(
     )?;
     out.flush()?;
     Ok(())
+}
+
+fn usage(error: InputError) -> UsageError {
+    UsageError(error.to_string())
 }
 
 fn read_input(file: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
