@@ -63,8 +63,11 @@ pub struct LimitsSettings {
     pub qps: i64,
     /// Calls that may start back to back after an idle spell (counted inside `qps`).
     pub burst: i64,
-    /// Upper bound on calls in flight at once.
+    /// Upper bound on calls awaiting an answer at once.
     pub max_in_flight: i64,
+    /// Upper bound on calls whose outcome is not yet committed (in flight or answered): what a
+    /// crash can leave sent but unrecorded. Dispatch waits when it is reached.
+    pub max_unrecorded: i64,
     /// Seconds between probe calls while paused.
     pub pause_probe_secs: i64,
     /// Per-instance caps, successful calls per second.
@@ -299,6 +302,13 @@ impl LimitsSettings {
             ));
         }
         positive("limits.max_in_flight", self.max_in_flight, 10_000)?;
+        positive("limits.max_unrecorded", self.max_unrecorded, 1_000_000)?;
+        if self.max_unrecorded < self.max_in_flight {
+            return Err(bad(
+                "limits.max_unrecorded",
+                "must be at least limits.max_in_flight (a call in flight is not yet recorded)",
+            ));
+        }
         positive("limits.pause_probe_secs", self.pause_probe_secs, 86_400)?;
         for (instance, cap) in &self.instance_tps {
             let key = format!("limits.instance_tps.{instance}");

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiClient;
@@ -80,6 +80,16 @@ struct CallResult {
     sent_at: Instant,
     sent_ms: i64,
     classified: Classified,
+    /// The call's place under `limits.max_unrecorded`, held until the outcome is committed.
+    unrecorded: OwnedSemaphorePermit,
+}
+
+/// An outcome on its way to the database, with the call's place under
+/// `limits.max_unrecorded`: it is freed only once the outcome is committed, which bounds the
+/// calls a crash could leave sent but unrecorded.
+struct Done {
+    completion: Completion,
+    unrecorded: Option<OwnedSemaphorePermit>,
 }
 
 /// Runs the dispatcher until `shutdown` (or until empty). The caller holds the dispatch lock.
@@ -104,7 +114,7 @@ pub async fn run(
             "returned jobs left running by a previous process to pending"
         );
     }
-    let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
     let completer = tokio::spawn(complete_loop(db.clone(), owner.clone(), done_rx));
     let mut dispatcher =
         Dispatcher::new(db.clone(), client, settings, owner.clone(), done_tx, shared);
@@ -130,12 +140,16 @@ struct Dispatcher {
     settings: Settings,
     owner: String,
     pacer: Pacer,
+    /// Calls awaiting an answer (`limits.max_in_flight`).
     slots: Arc<Semaphore>,
     max_in_flight: u32,
+    /// Calls whose outcome is not yet committed (`limits.max_unrecorded`).
+    unrecorded: Arc<Semaphore>,
+    max_unrecorded: u32,
     buffer: VecDeque<Job>,
     results_tx: mpsc::UnboundedSender<CallResult>,
     results_rx: mpsc::UnboundedReceiver<CallResult>,
-    done_tx: mpsc::UnboundedSender<Completion>,
+    done_tx: mpsc::UnboundedSender<Done>,
     shared: Shared,
     /// Account pause, and when to probe again.
     paused: Option<(PauseReason, Instant)>,
@@ -158,7 +172,7 @@ impl Dispatcher {
         client: ApiClient,
         settings: Settings,
         owner: String,
-        done_tx: mpsc::UnboundedSender<Completion>,
+        done_tx: mpsc::UnboundedSender<Done>,
         shared: Shared,
     ) -> Dispatcher {
         let (results_tx, results_rx) = mpsc::unbounded_channel();
@@ -167,6 +181,8 @@ impl Dispatcher {
             pacer: Pacer::new(&settings.limits),
             slots: Arc::new(Semaphore::new(max_in_flight as usize)),
             max_in_flight,
+            unrecorded: Arc::new(Semaphore::new(settings.limits.max_unrecorded as usize)),
+            max_unrecorded: settings.limits.max_unrecorded as u32,
             db,
             client,
             settings,
@@ -274,10 +290,17 @@ impl Dispatcher {
                     continue;
                 }
             }
-            // A slot first, then the permit, then send at once: the send time is the permit time.
-            let slots = self.slots.clone();
-            let permit = tokio::select! {
-                permit = slots.acquire_owned() => permit.expect("semaphore never closed"),
+            // Slots first (a place among the unrecorded calls, then an in-flight one), then the
+            // pacing permit, then send at once: the send time is the permit time.
+            let (slots, unrecorded) = (self.slots.clone(), self.unrecorded.clone());
+            let (permit, unrecorded) = tokio::select! {
+                permits = async {
+                    let unrecorded = unrecorded.acquire_owned().await;
+                    (slots.acquire_owned().await, unrecorded)
+                } => match permits {
+                    (Ok(slot), Ok(unrecorded)) => (slot, unrecorded),
+                    _ => unreachable!("the semaphores are never closed"),
+                },
                 Some(r) = self.results_rx.recv() => { self.handle(r); continue; }
                 _ = shutdown.cancelled() => return Ok(()),
             };
@@ -295,7 +318,7 @@ impl Dispatcher {
                 }
                 continue;
             };
-            self.send(job, permit);
+            self.send(job, permit, unrecorded);
         }
     }
 
@@ -370,7 +393,7 @@ impl Dispatcher {
             .max(Duration::from_millis(1))
     }
 
-    fn send(&mut self, job: Job, permit: tokio::sync::OwnedSemaphorePermit) {
+    fn send(&mut self, job: Job, slot: OwnedSemaphorePermit, unrecorded: OwnedSemaphorePermit) {
         self.in_flight += 1;
         let client = self.client.clone();
         let results = self.results_tx.clone();
@@ -379,13 +402,14 @@ impl Dispatcher {
         tracing::debug!(job.id = job.id, job.instance = %job.instance_id, job.client = %job.client_id, job.attempt = job.attempts + 1, "calling");
         tokio::spawn(async move {
             let answer = client.unregister(&job.instance_id, &job.client_id).await;
-            drop(permit);
+            drop(slot);
             let classified = classify(&answer);
             let _ = results.send(CallResult {
                 job,
                 sent_at,
                 sent_ms,
                 classified,
+                unrecorded,
             });
         });
     }
@@ -396,12 +420,15 @@ impl Dispatcher {
         let mut completion = Completion::new(&job, Status::Rejected);
         completion.code = Some("InvalidInput".into());
         completion.message = Some(reason);
-        self.finish(completion);
+        self.finish(completion, None);
     }
 
-    fn finish(&mut self, completion: Completion) {
+    fn finish(&mut self, completion: Completion, unrecorded: Option<OwnedSemaphorePermit>) {
         // The completer only stops after this sender is dropped.
-        let _ = self.done_tx.send(completion);
+        let _ = self.done_tx.send(Done {
+            completion,
+            unrecorded,
+        });
     }
 
     /// Acts on one answer: pacing feedback, pause state, and the job's completion.
@@ -412,6 +439,7 @@ impl Dispatcher {
             sent_at,
             sent_ms,
             classified,
+            unrecorded,
         } = result;
         let Classified { outcome, billed } = classified;
         let code = outcome.code().to_string();
@@ -516,7 +544,7 @@ impl Dispatcher {
                 self.pause(scope, &job.instance_id, reason);
             }
         }
-        self.finish(completion);
+        self.finish(completion, Some(unrecorded));
     }
 
     fn pause(&mut self, scope: PauseScope, instance_id: &str, reason: PauseReason) {
@@ -573,7 +601,7 @@ impl Dispatcher {
         let (release, keep): (Vec<Job>, Vec<Job>) = self.buffer.drain(..).partition(|j| which(j));
         self.buffer = keep.into();
         for job in release {
-            self.finish(Completion::new(&job, Status::Pending));
+            self.finish(Completion::new(&job, Status::Pending), None);
         }
     }
 
@@ -585,8 +613,13 @@ impl Dispatcher {
                 self.slots.add_permits(extra as usize);
                 self.max_in_flight += extra as u32;
             }
+            let extra = limits.max_unrecorded - self.settings.limits.max_unrecorded;
+            if extra > 0 {
+                self.unrecorded.add_permits(extra as usize);
+                self.max_unrecorded += extra as u32;
+            }
             tracing::info!(limits.qps = limits.qps, limits.burst = limits.burst, limits.max_in_flight = self.max_in_flight,
-                limits.instance_tps = ?limits.instance_tps, "reloaded limits");
+                limits.max_unrecorded = self.max_unrecorded, limits.instance_tps = ?limits.instance_tps, "reloaded limits");
             self.settings.limits = limits;
         }
         // A reload also probes a paused dispatch at once.
@@ -699,16 +732,21 @@ impl Dispatcher {
 async fn complete_loop(
     db: Db,
     owner: String,
-    mut rx: mpsc::UnboundedReceiver<Completion>,
+    mut rx: mpsc::UnboundedReceiver<Done>,
 ) -> anyhow::Result<()> {
     let mut batch = Vec::with_capacity(512);
+    let mut slots = Vec::with_capacity(512);
+    let add = |done: Done, batch: &mut Vec<Completion>, slots: &mut Vec<_>| {
+        batch.push(done.completion);
+        slots.extend(done.unrecorded);
+    };
     while let Some(first) = rx.recv().await {
-        batch.push(first);
+        add(first, &mut batch, &mut slots);
         let gather_until = tokio::time::Instant::now() + Duration::from_millis(10);
         while batch.len() < 512 {
             tokio::select! {
                 next = rx.recv() => match next {
-                    Some(c) => batch.push(c),
+                    Some(done) => add(done, &mut batch, &mut slots),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(gather_until) => break,
@@ -716,6 +754,8 @@ async fn complete_loop(
         }
         write_batch(&db, &owner, &batch).await?;
         batch.clear();
+        // The outcomes are committed: their calls no longer count as unrecorded.
+        slots.clear();
     }
     Ok(())
 }

@@ -232,6 +232,7 @@ async fn kill_9_three_times_loses_no_job_and_bounds_duplicate_calls() {
         let mut cmd = deregd(&app);
         cmd.env("DEREGD_LIMITS__QPS", "300")
             .env("DEREGD_LIMITS__MAX_IN_FLIGHT", IN_FLIGHT.to_string())
+            .env("DEREGD_LIMITS__MAX_UNRECORDED", IN_FLIGHT.to_string())
             .args(["run", "--until-empty"]);
         cmd
     };
@@ -270,7 +271,8 @@ async fn kill_9_three_times_loses_no_job_and_bounds_duplicate_calls() {
     assert_eq!(stats.successes, JOBS as u64, "each credential removed once");
     // tps_usage holds exactly the successes the daemon recorded.
     assert_eq!(billed, succeeded);
-    // A success answered to a killed process is lost to it: its retry finds nothing.
+    // A success answered to a killed process is lost to it: its retry finds nothing. Each kill
+    // loses at most limits.max_unrecorded calls (sent, not yet committed).
     let bound = IN_FLIGHT as i64 * 3;
     assert!(not_found <= bound, "not_found {not_found} > {bound}");
     assert!(stats.successes as i64 - billed <= bound);
@@ -502,6 +504,11 @@ async fn malformed_configuration_exits_2_naming_the_key() {
             None,
             vec![("DEREGD_LIMITS__MAX_IN_FLIGHT", "many")],
             "max_in_flight",
+        ),
+        (
+            None,
+            vec![("DEREGD_LIMITS__MAX_UNRECORDED", "10")],
+            "limits.max_unrecorded",
         ),
     ];
     for (toml, env, key) in cases {

@@ -327,3 +327,47 @@ async fn a_wrong_secret_pauses_dispatch_without_failing_any_job() {
     within(30, app.run_until_empty("testsecret")).await;
     assert_eq!(app.count("succeeded").await, 200);
 }
+
+#[tokio::test]
+async fn calls_stop_at_max_unrecorded_while_outcomes_cannot_be_written() {
+    use sqlx::Connection;
+    const JOBS: usize = 400;
+    const UNRECORDED: i64 = 20;
+    let mut app = spawn_app(EmulatorSettings::default()).await;
+    app.settings.limits.qps = 200;
+    app.settings.limits.max_in_flight = 8;
+    app.settings.limits.max_unrecorded = UNRECORDED;
+    app.settings.validate().unwrap();
+    app.insert(INSTANCE, &devices("d", JOBS)).await;
+    let run = app.run_with(
+        credentials("testsecret"),
+        RunOptions { until_empty: true },
+        CancellationToken::new(),
+    );
+    let hold_the_write_lock = async {
+        until(|| async { app.emulator.stats().total_requests >= 50 }).await;
+        // Another process takes the write lock: no outcome can be committed meanwhile.
+        let url = format!("sqlite:{}", app.db_path().display());
+        let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let at_lock = app.emulator.stats().total_requests;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let while_locked = app.emulator.stats().total_requests - at_lock;
+        sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+        while_locked
+    };
+    let (result, while_locked) = within(60, async { tokio::join!(run, hold_the_write_lock) }).await;
+    result.unwrap();
+    eprintln!("{while_locked} calls while the outcomes could not be written");
+    // At 200 calls/s the jobs already claimed would have lasted the whole 1.5 s (~300 calls).
+    assert!(
+        while_locked <= UNRECORDED as u64,
+        "{while_locked} calls sent while their outcomes could not be recorded"
+    );
+    assert_eq!(app.count("succeeded").await, JOBS as i64);
+    assert_eq!(app.emulator.stats().total_requests, JOBS as u64);
+    assert_eq!(app.billed_total().await, JOBS as i64);
+}

@@ -39,6 +39,7 @@ pub async fn run(settings: Settings, args: RunArgs, config: Option<PathBuf>) -> 
         api.signature = ?settings.api.signature,
         limits.qps = settings.limits.qps,
         limits.max_in_flight = settings.limits.max_in_flight,
+        limits.max_unrecorded = settings.limits.max_unrecorded,
         "dispatching"
     );
     systemd::ready();
