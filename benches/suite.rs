@@ -65,7 +65,18 @@ struct Args {
     out: Option<PathBuf>,
     sdk_python: Option<PathBuf>,
     command: String,
+    /// Run one section only (`--only NAME`).
+    only: Option<String>,
 }
+
+impl Args {
+    fn runs(&self, section: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == section)
+    }
+}
+
+/// The sections `--only` can pick (for profiling one of them).
+const SECTIONS: [&str; 5] = ["pacing", "headroom", "submit", "memory", "latency"];
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
@@ -75,6 +86,7 @@ fn parse_args() -> Result<Args> {
             .filter(|s| !s.is_empty())
             .map(PathBuf::from),
         command: std::env::var("BENCH_COMMAND").unwrap_or_else(|_| "bench/run".into()),
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -83,6 +95,14 @@ fn parse_args() -> Result<Args> {
             "--out" => args.out = Some(it.next().context("--out needs a path")?.into()),
             "--sdk-python" => {
                 args.sdk_python = Some(it.next().context("--sdk-python needs a path")?.into())
+            }
+            "--only" => {
+                let section = it.next().context("--only needs a section")?;
+                ensure!(
+                    SECTIONS.contains(&section.as_str()),
+                    "--only takes one of {SECTIONS:?}"
+                );
+                args.only = Some(section);
             }
             // cargo bench passes --bench to every bench target.
             "--bench" => {}
@@ -159,7 +179,12 @@ fn try_main() -> Result<()> {
     let ids = dir.join("pacing-ids.txt");
     write_ids(&ids, "dev", sizes.pacing_jobs)?;
     let mut sdk_python = args.sdk_python.clone();
-    for cap in PACING_CAPS {
+    let caps: &[u32] = if args.runs("pacing") {
+        &PACING_CAPS
+    } else {
+        &[]
+    };
+    for &cap in caps {
         println!(
             "== pacing at limits.qps = {cap}, {} jobs",
             sizes.pacing_jobs
@@ -184,43 +209,24 @@ fn try_main() -> Result<()> {
         report_pacing(&mut report, cap, &ours, theirs.as_ref());
     }
 
-    println!("== queue headroom");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let batched = rt.block_on(headroom(
-        dir,
-        "batched",
-        sizes.headroom_batched,
-        HEADROOM_BATCH,
-    ))?;
-    let single = rt.block_on(headroom(dir, "single", sizes.headroom_single, 1))?;
-    report.add(
-        "Queue headroom",
-        &format!("claim + complete, batches of {HEADROOM_BATCH}, jobs/s"),
-        format!("{batched:.0}"),
-        ">= 20000",
-        Some(batched >= 20_000.0),
-    );
-    report.add(
-        "Queue headroom",
-        "same, one job per transaction, jobs/s",
-        format!("{single:.0} ({:.1}x slower)", batched / single),
-        "comparison",
-        None,
-    );
-
-    println!("== bulk submit, {} ids", sizes.submit_ids);
-    let submit_db = bulk_submit(dir, &mut report, sizes.submit_ids)?;
-
-    println!(
-        "== memory, {} s drain of {} queued jobs",
-        sizes.memory_secs, sizes.submit_ids
-    );
-    memory(dir, &mut report, &submit_db, sizes)?;
-
-    println!("== pick-up latency, {} inserts", sizes.latency_samples);
-    pickup_latency(dir, &mut report, sizes.latency_samples)?;
+    if args.runs("headroom") {
+        headroom_section(dir, sizes, &mut report)?;
+    }
+    if args.runs("submit") || args.runs("memory") {
+        println!("== bulk submit, {} ids", sizes.submit_ids);
+        let submit_db = bulk_submit(dir, &mut report, sizes.submit_ids)?;
+        if args.runs("memory") {
+            println!(
+                "== memory, {} s drain of {} queued jobs",
+                sizes.memory_secs, sizes.submit_ids
+            );
+            memory(dir, &mut report, &submit_db, sizes)?;
+        }
+    }
+    if args.runs("latency") {
+        println!("== pick-up latency, {} inserts", sizes.latency_samples);
+        pickup_latency(dir, &mut report, sizes.latency_samples)?;
+    }
 
     let elapsed = started.elapsed();
     println!("== benchmark time {:.0} s", elapsed.as_secs_f64());
@@ -446,6 +452,36 @@ fn report_pacing(report: &mut Report, cap: u32, ours: &PacingRun, theirs: Option
         "pacing {cap}/s: deregd {} calls, {} successes; SDK {} calls, {} successes",
         ours.calls, ours.successes, sdk.calls, sdk.successes
     ));
+}
+
+fn headroom_section(dir: &Path, sizes: &Sizes, report: &mut Report) -> Result<()> {
+    println!("== queue headroom");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let batched = rt.block_on(headroom(
+        dir,
+        "batched",
+        sizes.headroom_batched,
+        HEADROOM_BATCH,
+    ))?;
+    let single = rt.block_on(headroom(dir, "single", sizes.headroom_single, 1))?;
+    report.add(
+        "Queue headroom",
+        &format!("claim + complete, batches of {HEADROOM_BATCH}, jobs/s"),
+        format!("{batched:.0}"),
+        ">= 20000",
+        Some(batched >= 20_000.0),
+    );
+    report.add(
+        "Queue headroom",
+        "same, one job per transaction, jobs/s",
+        format!("{single:.0} ({:.1}x slower)", batched / single),
+        "comparison",
+        None,
+    );
+
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -947,7 +983,10 @@ fn render(args: &Args, sizes: &Sizes, report: &Report, elapsed: Duration) -> Res
         chrono::Utc::now().format("%Y-%m-%d %H:%M")
     )?;
     writeln!(md, "- Machine: {cores} cores, {model}")?;
-    writeln!(md, "- Command: `{}`", args.command)?;
+    match &args.only {
+        Some(only) => writeln!(md, "- Command: `{} --only {only}` (one section)", args.command)?,
+        None => writeln!(md, "- Command: `{}`", args.command)?,
+    }
     writeln!(
         md,
         "- Emulator: `deregd emulator` as its own process, rate limit {EMULATOR_RATE_LIMIT}/s \
