@@ -984,7 +984,11 @@ fn render(args: &Args, sizes: &Sizes, report: &Report, elapsed: Duration) -> Res
     )?;
     writeln!(md, "- Machine: {cores} cores, {model}")?;
     match &args.only {
-        Some(only) => writeln!(md, "- Command: `{} --only {only}` (one section)", args.command)?,
+        Some(only) => writeln!(
+            md,
+            "- Command: `{} --only {only}` (one section)",
+            args.command
+        )?,
         None => writeln!(md, "- Command: `{}`", args.command)?,
     }
     writeln!(

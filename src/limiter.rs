@@ -1,7 +1,9 @@
 //! Pacing: the account-wide ceiling (`limits.qps`, never exceeded in any sliding second), the
 //! per-instance caps, and the adaptive rate that drops on throttling signals and regrows on a
 //! cubic curve (AWS "adaptive" mode). Calls are spaced evenly by governor's GCRA, never sent in
-//! per-second batches; the burst is taken out of the steady rate so `burst + rate <= qps`.
+//! per-second batches. The account's ceiling is also held by a log of the last sends
+//! ([`SendWindow`]): a burst that catches up after a late wake-up can never put more than the
+//! ceiling into any sliding second, so the steady rate need not give up the burst's room.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -43,6 +45,65 @@ pub fn quota_for(ceiling: f64, burst: u32) -> Quota {
     Quota::with_period(period)
         .expect("period is positive")
         .allow_burst(NonZeroU32::new(burst).expect("burst >= 1"))
+}
+
+/// Calls allowed in any sliding second under `ceiling`, by our send clock: ARRIVAL_JITTER's
+/// worth of calls below it, since a call that reaches the gateway a little late lets the next
+/// ones close up behind it.
+pub fn window_limit(ceiling: f64) -> usize {
+    let jitter_calls = (ceiling * ARRIVAL_JITTER.as_secs_f64()).min(2.5);
+    ((ceiling - jitter_calls).floor() as usize).max(1)
+}
+
+/// The account limiter's GCRA quota: the steady rate just under [`window_limit`], with `burst`
+/// calls allowed back to back to make up for late wake-ups. It is not safe alone (a burst on
+/// top of a full second would overshoot); [`SendWindow`] caps every sliding second.
+pub fn account_quota(ceiling: f64, burst: u32) -> Quota {
+    let steady = (window_limit(ceiling) as f64 / (1.0 + PACING_MARGIN)).max(0.1);
+    Quota::with_period(Duration::from_secs_f64(1.0 / steady))
+        .expect("period is positive")
+        .allow_burst(NonZeroU32::new(burst.max(1)).expect("burst >= 1"))
+}
+
+/// The send times of the last `limit` calls: one more is allowed only once the oldest of them is
+/// a second old, so no sliding second ever holds more than `limit` sends.
+#[derive(Debug)]
+pub struct SendWindow {
+    limit: usize,
+    /// Send times (since any fixed origin), oldest first; at most `limit` of them.
+    sends: std::collections::VecDeque<Duration>,
+}
+
+impl SendWindow {
+    pub fn new(limit: usize) -> SendWindow {
+        SendWindow {
+            limit: limit.max(1),
+            sends: std::collections::VecDeque::with_capacity(limit.max(1)),
+        }
+    }
+
+    /// How long from `now` until one more send fits, or `None` when it fits now.
+    pub fn wait(&self, now: Duration) -> Option<Duration> {
+        if self.sends.len() < self.limit {
+            return None;
+        }
+        let free_at = self.sends.front().copied()? + Duration::from_secs(1);
+        (free_at > now).then(|| free_at - now)
+    }
+
+    pub fn record(&mut self, now: Duration) {
+        self.sends.push_back(now);
+        while self.sends.len() > self.limit {
+            self.sends.pop_front();
+        }
+    }
+
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.max(1);
+        while self.sends.len() > self.limit {
+            self.sends.pop_front();
+        }
+    }
 }
 
 /// The adaptive rate as a pure function of time (seconds since any fixed origin).
@@ -145,6 +206,8 @@ pub struct Pacer {
     /// The rate the account limiter was built for, calls/s.
     applied: f64,
     account: DefaultDirectRateLimiter,
+    /// The ceiling by send times, whatever the GCRA's burst allows.
+    window: SendWindow,
     instances: HashMap<String, DefaultDirectRateLimiter>,
     caps: HashMap<String, i64>,
     origin: Instant,
@@ -163,7 +226,8 @@ impl Pacer {
             burst,
             adaptive: AdaptiveRate::new(ceiling),
             applied: ceiling,
-            account: RateLimiter::direct(quota_for(ceiling, burst)),
+            account: RateLimiter::direct(account_quota(ceiling, burst)),
+            window: SendWindow::new(window_limit(ceiling)),
             instances: HashMap::new(),
             caps: HashMap::new(),
             origin: Instant::now(),
@@ -187,6 +251,7 @@ impl Pacer {
     pub fn reload(&mut self, limits: &LimitsSettings) {
         self.burst = limits.burst as u32;
         self.adaptive.set_ceiling(limits.qps as f64);
+        self.window.set_limit(window_limit(limits.qps as f64));
         self.set_caps(&limits.instance_tps);
         self.rebuild(self.adaptive.rate_at(self.now()));
     }
@@ -209,7 +274,8 @@ impl Pacer {
         self.adaptive.ceiling()
     }
 
-    /// Waits until the account limiter allows one call (and any retry-after has passed).
+    /// Waits until the account limiter and the send window allow one call (and any
+    /// retry-after has passed), and counts the call as sent now.
     pub async fn until_ready(&mut self) {
         self.regrow();
         if let Some(at) = self.not_before.take() {
@@ -217,10 +283,20 @@ impl Pacer {
         }
         // governor's own `until_ready` sleeps on the futures-timer thread: one more thread
         // hand-off per call. tokio's timer wakes this task directly.
-        while let Err(not_until) = self.account.check() {
-            let wait = not_until.wait_time_from(self.account.clock().now());
-            tokio::time::sleep(wait).await;
+        loop {
+            if let Some(wait) = self.window.wait(self.origin.elapsed()) {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            match self.account.check() {
+                Ok(()) => break,
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(self.account.clock().now());
+                    tokio::time::sleep(wait).await;
+                }
+            }
         }
+        self.window.record(self.origin.elapsed());
     }
 
     /// Takes one call from `instance_id`'s cap. `Err(wait)` when the cap allows none now.
@@ -302,7 +378,7 @@ impl Pacer {
         } else {
             self.burst
         };
-        self.account = RateLimiter::direct(quota_for(rate, burst));
+        self.account = RateLimiter::direct(account_quota(rate, burst));
         // A fresh limiter starts with its burst available; spend it, as if a call just left.
         let _ = self
             .account
@@ -358,6 +434,97 @@ mod tests {
                 "qps {qps} burst {burst}: {steady}/s"
             );
         }
+    }
+
+    /// The account's pacing (GCRA + send window) driven by a caller that asks every 10 us
+    /// for 5 fake seconds but, after each call, sleeps through `late(i)` more.
+    fn drive_account(qps: f64, burst: u32, late: impl Fn(usize) -> Duration) -> Vec<Duration> {
+        let clock = FakeRelativeClock::default();
+        let limiter = RateLimiter::direct_with_clock(account_quota(qps, burst), clock.clone());
+        let mut window = SendWindow::new(window_limit(qps));
+        let mut times = Vec::new();
+        let step = Duration::from_micros(10);
+        let mut t = Duration::ZERO;
+        let mut asleep_until = Duration::ZERO;
+        while t < Duration::from_secs(5) {
+            if t >= asleep_until && window.wait(t).is_none() && limiter.check().is_ok() {
+                window.record(t);
+                times.push(t);
+                asleep_until = t + late(times.len());
+                continue;
+            }
+            clock.advance(step);
+            t += step;
+        }
+        times
+    }
+
+    #[test]
+    fn the_account_pacing_uses_the_ceiling_and_never_exceeds_it_even_when_woken_late() {
+        for (qps, burst) in [
+            (100.0, 1),
+            (280.0, 3),
+            (490.0, 3),
+            (490.0, 20),
+            (280.0, 140),
+        ] {
+            let punctual = drive_account(qps, burst, |_| Duration::ZERO);
+            let max = max_in_sliding_second(&punctual);
+            assert!(max <= window_limit(qps), "qps {qps} burst {burst}: {max}");
+            // The budget is used: 99 % of the ceiling (small ceilings lose their one call of
+            // jitter room to rounding, so they are held to the window instead).
+            let steady = punctual.iter().filter(|t| t.as_secs() >= 1).count() as f64 / 4.0;
+            let floor = if qps >= 200.0 {
+                qps * 0.99
+            } else {
+                window_limit(qps) as f64 * 0.99
+            };
+            assert!(steady >= floor, "qps {qps} burst {burst}: {steady}/s");
+
+            // Every 50th call wakes 30 ms late: the burst catches up, the window holds.
+            let late = drive_account(qps, burst, |i| {
+                Duration::from_millis(if i % 50 == 0 { 30 } else { 0 })
+            });
+            let max = max_in_sliding_second(&late);
+            assert!(
+                max <= window_limit(qps),
+                "late, qps {qps} burst {burst}: {max}"
+            );
+        }
+        // Without the window the same burst would overshoot after a late wake-up.
+        let clock = FakeRelativeClock::default();
+        let limiter = RateLimiter::direct_with_clock(account_quota(280.0, 140), clock.clone());
+        let mut times = Vec::new();
+        let mut t = Duration::ZERO;
+        while t < Duration::from_secs(3) {
+            while limiter.check().is_ok() {
+                times.push(t);
+            }
+            clock.advance(Duration::from_millis(1));
+            t += Duration::from_millis(1);
+        }
+        assert!(max_in_sliding_second(&times) > 280);
+    }
+
+    #[test]
+    fn the_send_window_waits_for_the_oldest_send_to_age_out() {
+        let mut w = SendWindow::new(3);
+        for ms in [0, 10, 20] {
+            assert_eq!(w.wait(Duration::from_millis(ms)), None);
+            w.record(Duration::from_millis(ms));
+        }
+        assert_eq!(
+            w.wait(Duration::from_millis(500)),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(w.wait(Duration::from_millis(1000)), None);
+        w.record(Duration::from_millis(1000));
+        assert_eq!(
+            w.wait(Duration::from_millis(1000)),
+            Some(Duration::from_millis(10))
+        );
+        w.set_limit(5);
+        assert_eq!(w.wait(Duration::from_millis(1000)), None);
     }
 
     #[test]
