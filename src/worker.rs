@@ -728,7 +728,13 @@ impl Dispatcher {
     }
 }
 
-/// Writes completions in batches: whatever arrived within a few milliseconds, up to 512.
+/// How long the completer gathers outcomes before writing them in one transaction: at 500
+/// calls/s a batch of ~25 jobs. Each batch is a few round trips to SQLite's thread; gathering
+/// for 10 ms instead cost the daemon ~8 % more CPU per call. The calls waiting on a batch
+/// count against `limits.max_unrecorded`, so a crash still loses no more than that.
+const GATHER: Duration = Duration::from_millis(50);
+
+/// Writes completions in batches: whatever arrived within [`GATHER`], up to 512.
 async fn complete_loop(
     db: Db,
     owner: String,
@@ -742,7 +748,7 @@ async fn complete_loop(
     };
     while let Some(first) = rx.recv().await {
         add(first, &mut batch, &mut slots);
-        let gather_until = tokio::time::Instant::now() + Duration::from_millis(10);
+        let gather_until = tokio::time::Instant::now() + GATHER;
         while batch.len() < 512 {
             tokio::select! {
                 next = rx.recv() => match next {

@@ -52,7 +52,16 @@ pub async fn run(settings: Settings, args: RunArgs, config: Option<PathBuf>) -> 
     let options = RunOptions {
         until_empty: args.until_empty,
     };
-    let result = worker::run(db.clone(), client, settings, shutdown, options, shared).await;
+    let result = tokio::spawn(worker::run(
+        db.clone(),
+        client,
+        settings,
+        shutdown,
+        options,
+        shared,
+    ))
+    .await
+    .expect("the dispatcher does not panic");
     systemd::stopping();
     background.cancel();
     db.close().await;
