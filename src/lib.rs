@@ -12,7 +12,6 @@
 pub mod api;
 pub mod billing;
 pub mod cli;
-pub mod cli_emulator;
 pub mod clock;
 pub mod config;
 pub mod db;

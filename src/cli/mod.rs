@@ -11,6 +11,7 @@ pub mod cancel;
 pub mod check;
 pub mod common;
 pub mod demo;
+pub mod emulator;
 pub mod jobs;
 pub mod migrate;
 pub mod report;
@@ -50,7 +51,7 @@ pub enum Command {
     /// Rehearse a whole run against a built-in emulator, then cross-check the counts.
     Demo(demo::DemoArgs),
     /// Serve a local emulator of the onsmqtt API (for rehearsals and tests).
-    Emulator(crate::cli_emulator::EmulatorArgs),
+    Emulator(emulator::EmulatorArgs),
     /// Queue ClientIds (one per line, or CSV `instance_id,client_id`) as jobs.
     Submit(submit::SubmitArgs),
     /// Progress per run: counts, rate, ETA, retries, error codes, dispatcher state.
@@ -100,7 +101,7 @@ pub fn load_settings(cli: &Cli) -> Result<Settings, ConfigError> {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     if let Command::Emulator(args) = cli.command {
         crate::telemetry::init(LogFormat::Text, "info");
-        return crate::cli_emulator::run(args).await;
+        return emulator::run(args).await;
     }
     let settings = load_settings(&cli)?;
     crate::telemetry::init(settings.log.format, &settings.log.level);
