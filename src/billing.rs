@@ -111,17 +111,21 @@ pub async fn usage_by_bucket<'e>(
         .collect())
 }
 
-/// Billed calls per second, account-wide, over the last `window_secs` seconds before `now_secs`.
+/// Billed calls per second, account-wide, over the last `window_secs` seconds before `now_secs`;
+/// measured from the first billed second when billing began less than a window ago, so a young
+/// run does not read low.
 pub async fn recent_rate<'e>(
     exec: impl SqliteExecutor<'e>,
     now_secs: i64,
     window_secs: i64,
 ) -> sqlx::Result<f64> {
-    let calls: Option<i64> =
-        sqlx::query_scalar("SELECT SUM(calls) FROM tps_usage WHERE second >= ?1 AND second < ?2")
-            .bind(now_secs - window_secs)
-            .bind(now_secs)
-            .fetch_one(exec)
-            .await?;
-    Ok(calls.unwrap_or(0) as f64 / window_secs.max(1) as f64)
+    let (calls, first): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT SUM(calls), MIN(second) FROM tps_usage WHERE second >= ?1 AND second < ?2",
+    )
+    .bind(now_secs - window_secs)
+    .bind(now_secs)
+    .fetch_one(exec)
+    .await?;
+    let span = first.map_or(window_secs, |first| now_secs - first);
+    Ok(calls.unwrap_or(0) as f64 / span.clamp(1, window_secs.max(1)) as f64)
 }

@@ -298,7 +298,16 @@ fn status_counts_jobs_by_status_and_shows_retries_codes_and_the_dispatcher() {
          VALUES (1, 'o', 42, 'h', CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER),
                  'account throttled', 120.0);",
     );
+    // Billing began ten seconds ago at 100 calls/s: the rate is measured since then.
+    env.sql(
+        "WITH RECURSIVE s(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM s WHERE k < 10)
+         INSERT INTO tps_usage (instance_id, second, calls)
+         SELECT 'post-cn-1', CAST((julianday('now') - 2440587.5) * 86400 AS INTEGER) - k, 100
+         FROM s;",
+    );
     let all_runs = env.json(&["status", "--json"]);
+    let billed = all_runs["billed_calls_per_sec"].as_f64().unwrap();
+    assert!((80.0..=101.0).contains(&billed), "{billed}");
     let runs = all_runs["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
     assert_eq!(all_runs["dispatcher"]["running"], true);

@@ -46,7 +46,8 @@ pub struct Snapshot {
     pub at: String,
     /// The last published dispatcher heartbeat (`null` if none was ever published).
     pub dispatcher: Option<DispatcherState>,
-    /// Billed (2xx) calls per second over the last 60 s, all instances (from tps_usage).
+    /// Billed (2xx) calls per second over the last 60 s (or since the first billed second, when
+    /// that is more recent), all instances (from tps_usage).
     pub billed_calls_per_sec: f64,
     pub runs: Vec<RunStatus>,
 }
@@ -213,7 +214,7 @@ fn print(snap: &Snapshot, json: bool) -> anyhow::Result<()> {
 
 fn dispatcher_line(snap: &Snapshot) -> String {
     let billed = format!(
-        "billed {:.1} calls/s over the last 60 s",
+        "billed {:.1} calls/s over the last 60 s (or since billing began)",
         snap.billed_calls_per_sec
     );
     match &snap.dispatcher {
