@@ -226,7 +226,13 @@ impl OpenPairs {
     }
 
     fn extend(&mut self, other: OpenPairs) {
-        self.0.extend(other.0);
+        for (instance, clients) in other.0 {
+            self.0.entry(instance).or_default().extend(clients);
+        }
+    }
+
+    fn insert(&mut self, instance_id: String, client_id: String) {
+        self.0.entry(instance_id).or_default().insert(client_id);
     }
 }
 
@@ -286,10 +292,10 @@ pub enum SubmitError {
     Database(#[from] sqlx::Error),
 }
 
-/// Parses, validates and queues a whole input (see [`parse_chunks`] and [`submit`]), parsing on
-/// a blocking thread while the previous chunk is being inserted: on two cores that hides the
-/// parse (a fifth of the work) behind SQLite. The input is `'static` because the parser thread
-/// borrows it while this future runs.
+/// Parses, validates and queues a whole input (see [`parse_chunks`] and [`Submission`]),
+/// parsing on a blocking thread while the previous chunk is being inserted: on two cores that
+/// hides the parse (a fifth of the work) behind SQLite. The input is `'static` because the
+/// parser thread borrows it while this future runs.
 pub async fn submit_input(
     db: &Db,
     input: &'static [u8],
@@ -303,79 +309,120 @@ pub async fn submit_input(
             chunks_tx.blocking_send(chunk).is_ok()
         })
     });
-    let mut inserted = Inserted::default();
-    let mut open = OpenPairs::default();
-    let mut loaded: HashSet<&str> = HashSet::new();
+    let mut submission = Submission::begin(db, run).await?;
     while let Some(chunk) = chunks_rx.recv().await {
-        // An instance's open pairs are loaded before its first chunk is inserted, so the
-        // snapshot never holds this submission's own rows.
-        let new: Vec<&str> = chunk
-            .iter()
-            .map(|(i, _)| *i)
-            .filter(|i| loaded.insert(i))
-            .collect();
-        if !new.is_empty() {
-            open.extend(open_pairs(db, &new).await?);
-        }
-        inserted += insert_fresh(db, &chunk, &open, run).await?;
+        submission.add(&chunk).await?;
     }
     let parse = parser.await.expect("the parser does not panic")?;
-    Ok(Submitted { inserted, parse })
+    Ok(Submitted {
+        inserted: submission.inserted,
+        parse,
+    })
 }
 
 /// Queues the pairs of `pairs` that are not already open, under `run`, in input order,
 /// [`CHUNK_ROWS`] per `BEGIN IMMEDIATE` transaction.
-///
-/// The open pairs are read once before the first chunk (the daemon only closes pairs, so that
-/// snapshot can only over-count); two submissions of the same pair at the same moment could
-/// both queue it.
 pub async fn submit(db: &Db, pairs: &[(&str, &str)], run: &str) -> sqlx::Result<Inserted> {
-    let instances: Vec<&str> = {
-        let distinct: HashSet<&str> = pairs.iter().map(|(i, _)| *i).collect();
-        distinct.into_iter().collect()
-    };
-    let open = open_pairs(db, &instances).await?;
-    let mut inserted = Inserted::default();
+    let mut submission = Submission::begin(db, run).await?;
     for chunk in pairs.chunks(CHUNK_ROWS) {
-        inserted += insert_fresh(db, chunk, &open, run).await?;
+        submission.add(chunk).await?;
     }
-    Ok(inserted)
+    Ok(submission.inserted)
 }
 
-/// Inserts the pairs of `chunk` that `open` does not hold, in one transaction.
-async fn insert_fresh(
-    db: &Db,
-    chunk: &[(&str, &str)],
-    open: &OpenPairs,
-    run: &str,
-) -> sqlx::Result<Inserted> {
-    let fresh: Vec<(&str, &str)>;
-    let candidates = chunk.len();
-    let chunk = if open.is_empty() {
-        chunk
-    } else {
-        fresh = chunk
+/// A submission in progress, chunk by chunk. Invariant: a pair is never queued while the same
+/// pair is pending or running, whoever queued it (another `submit`, a `sqlite3` INSERT) and
+/// whenever. Each instance's open pairs are read once, before its first chunk, outside any
+/// write transaction; each chunk's write transaction then reads the open rows with an id above
+/// the highest this submission has accounted for (rows queued by others since), which is
+/// nothing at all unless someone else inserted meanwhile. (Job ids only grow, unless someone
+/// deletes the newest jobs by hand: a row that then reuses a deleted id is not seen.)
+pub struct Submission<'d> {
+    db: &'d Db,
+    run: String,
+    open: OpenPairs,
+    loaded: HashSet<String>,
+    /// Every job with a higher id is unknown to `open`.
+    seen_max_id: i64,
+    pub inserted: Inserted,
+}
+
+impl<'d> Submission<'d> {
+    pub async fn begin(db: &'d Db, run: &str) -> sqlx::Result<Submission<'d>> {
+        // Read before any open pairs: a row inserted in between is both in them and above this
+        // id, which only means it is looked at twice.
+        let seen_max_id = max_job_id(&db.reader).await?;
+        Ok(Submission {
+            db,
+            run: run.to_string(),
+            open: OpenPairs::default(),
+            loaded: HashSet::new(),
+            seen_max_id,
+            inserted: Inserted::default(),
+        })
+    }
+
+    /// Queues the pairs of `chunk` that are not open, in one transaction.
+    pub async fn add(&mut self, chunk: &[(&str, &str)]) -> sqlx::Result<()> {
+        let new: Vec<&str> = chunk
             .iter()
-            .copied()
-            .filter(|(i, c)| !open.contains(i, c))
+            .map(|(i, _)| *i)
+            .filter(|i| !self.loaded.contains(*i))
+            .collect::<HashSet<_>>()
+            .into_iter()
             .collect();
-        &fresh
-    };
-    let already_open = (candidates - chunk.len()) as u64;
-    let queued = if chunk.is_empty() {
-        0
-    } else {
-        insert_chunk(db, chunk, run).await?
-    };
-    Ok(Inserted {
-        queued,
-        already_open,
-    })
+        if !new.is_empty() {
+            self.open.extend(open_pairs(self.db, &new).await?);
+            self.loaded.extend(new.iter().map(|i| i.to_string()));
+        }
+        let mut tx = self.db.begin_write().await?;
+        if max_job_id(&mut *tx).await? > self.seen_max_id {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT instance_id, client_id FROM jobs
+                 WHERE id > ?1 AND status IN ('pending', 'running')",
+            )
+            .bind(self.seen_max_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (instance, client) in rows {
+                self.open.insert(instance, client);
+            }
+        }
+        let fresh: Vec<(&str, &str)>;
+        let candidates = chunk.len();
+        let chunk = if self.open.is_empty() {
+            chunk
+        } else {
+            fresh = chunk
+                .iter()
+                .copied()
+                .filter(|(i, c)| !self.open.contains(i, c))
+                .collect();
+            &fresh
+        };
+        if !chunk.is_empty() {
+            self.inserted.queued += insert_chunk(&mut tx, chunk, &self.run).await?;
+        }
+        self.seen_max_id = max_job_id(&mut *tx).await?;
+        tx.commit().await?;
+        self.inserted.already_open += (candidates - chunk.len()) as u64;
+        Ok(())
+    }
 }
 
-/// Inserts one chunk in one transaction. A chunk of one instance (the usual case) is sent as a
-/// flat JSON array of ClientIds, which SQLite reads several times faster than an array of pairs.
-async fn insert_chunk(db: &Db, chunk: &[(&str, &str)], run: &str) -> sqlx::Result<u64> {
+async fn max_job_id<'e>(exec: impl sqlx::SqliteExecutor<'e>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT IFNULL(MAX(id), 0) FROM jobs")
+        .fetch_one(exec)
+        .await
+}
+
+/// Inserts one chunk. A chunk of one instance (the usual case) is sent as a flat JSON array of
+/// ClientIds, which SQLite reads several times faster than an array of pairs.
+async fn insert_chunk(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    chunk: &[(&str, &str)],
+    run: &str,
+) -> sqlx::Result<u64> {
     let now = now_ms();
     let first = chunk.first().map(|(i, _)| *i).unwrap_or_default();
     let single = chunk.iter().all(|(i, _)| *i == first);
@@ -398,10 +445,7 @@ async fn insert_chunk(db: &Db, chunk: &[(&str, &str)], run: &str) -> sqlx::Resul
         .bind(run)
         .bind(now)
     };
-    let mut tx = db.begin_write().await?;
-    let result = query.execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(result.rows_affected())
+    Ok(query.execute(&mut **tx).await?.rows_affected())
 }
 
 #[cfg(test)]

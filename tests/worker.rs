@@ -371,3 +371,49 @@ async fn calls_stop_at_max_unrecorded_while_outcomes_cannot_be_written() {
     assert_eq!(app.emulator.stats().total_requests, JOBS as u64);
     assert_eq!(app.billed_total().await, JOBS as i64);
 }
+
+#[tokio::test]
+async fn a_pair_queued_by_someone_else_during_a_submission_is_not_queued_twice() {
+    use deregd::intake::{Inserted, Submission};
+    let app = spawn_app(EmulatorSettings::default()).await;
+    app.insert(INSTANCE, &devices("early", 1)).await;
+    let mut submission = Submission::begin(&app.db, "r").await.unwrap();
+    // The first chunk reads this instance's open pairs.
+    submission
+        .add(&[(INSTANCE, "GID_fleet@@@a-1")])
+        .await
+        .unwrap();
+    // Then an operator queues, by hand, a pair the submission has not reached yet.
+    let out = sqlite3(
+        &app.db_path(),
+        "INSERT INTO jobs (instance_id, client_id) VALUES ('post-cn-0pp12gl0001', 'GID_fleet@@@a-2')",
+    )
+    .await;
+    assert!(out.status.success());
+    submission
+        .add(&[
+            (INSTANCE, "GID_fleet@@@a-2"),
+            (INSTANCE, "GID_fleet@@@a-3"),
+            (INSTANCE, "GID_fleet@@@early-0"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        submission.inserted,
+        Inserted {
+            queued: 2,
+            already_open: 2
+        }
+    );
+    let pairs: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT client_id, COUNT(*) FROM jobs GROUP BY client_id ORDER BY client_id",
+    )
+    .fetch_all(&app.db.reader)
+    .await
+    .unwrap();
+    let expected: Vec<(String, i64)> = ["a-1", "a-2", "a-3", "early-0"]
+        .iter()
+        .map(|c| (format!("GID_fleet@@@{c}"), 1))
+        .collect();
+    assert_eq!(pairs, expected);
+}
