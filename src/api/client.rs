@@ -57,6 +57,9 @@ impl ApiClient {
             .pool_idle_timeout(Duration::from_secs(50))
             .pool_max_idle_per_host(settings.limits.max_in_flight as usize)
             .tcp_nodelay(true)
+            // The API never redirects, and a signed call must not follow one to another host;
+            // without a policy reqwest also skips re-parsing the URL on every request.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("deregd/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(ApiClient {
