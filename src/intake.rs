@@ -34,17 +34,6 @@ pub enum InputError {
     NoInstance,
 }
 
-/// The valid, distinct pairs of an input, borrowed from it, in input order.
-#[derive(Debug, Default)]
-pub struct Parsed<'a> {
-    pub pairs: Vec<(&'a str, &'a str)>,
-    /// Valid lines that repeated an earlier line of the same input.
-    pub duplicates_in_input: u64,
-    pub rejections: Vec<Rejection>,
-    /// True when the input had the CSV header.
-    pub csv: bool,
-}
-
 /// What parsing found besides the pairs themselves.
 #[derive(Debug, Default)]
 pub struct ParseSummary {
@@ -82,21 +71,6 @@ pub fn check_input(input: &[u8], instance: Option<&str>) -> Result<(), InputErro
         Some(line) if is_csv_header(line) => Ok(()),
         _ => Err(InputError::NoInstance),
     }
-}
-
-/// Parses and validates a whole input at once; see [`parse_chunks`].
-pub fn parse<'a>(input: &'a [u8], instance: Option<&'a str>) -> Result<Parsed<'a>, InputError> {
-    let mut pairs = Vec::new();
-    let summary = parse_chunks(input, instance, usize::MAX, |chunk| {
-        pairs = chunk;
-        true
-    })?;
-    Ok(Parsed {
-        pairs,
-        duplicates_in_input: summary.duplicates_in_input,
-        rejections: summary.rejections,
-        csv: summary.csv,
-    })
 }
 
 /// Parses and validates an input, handing its valid, distinct pairs to `emit` in input order,
@@ -217,10 +191,6 @@ impl OpenPairs {
             .is_some_and(|clients| clients.contains(client_id))
     }
 
-    pub fn len(&self) -> usize {
-        self.0.values().map(HashSet::len).sum()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.0.values().all(HashSet::is_empty)
     }
@@ -302,7 +272,6 @@ pub async fn submit_input(
     instance: Option<&'static str>,
     run: &str,
 ) -> Result<Submitted, SubmitError> {
-    check_input(input, instance)?;
     let (chunks_tx, mut chunks_rx) = tokio::sync::mpsc::channel(1);
     let parser = tokio::task::spawn_blocking(move || {
         parse_chunks(input, instance, CHUNK_ROWS, |chunk| {
@@ -451,6 +420,32 @@ async fn insert_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The valid, distinct pairs of an input, borrowed from it, in input order.
+    #[derive(Debug, Default)]
+    struct Parsed<'a> {
+        pairs: Vec<(&'a str, &'a str)>,
+        /// Valid lines that repeated an earlier line of the same input.
+        duplicates_in_input: u64,
+        rejections: Vec<Rejection>,
+        /// True when the input had the CSV header.
+        csv: bool,
+    }
+
+    /// Parses and validates a whole input at once; see [`parse_chunks`].
+    fn parse<'a>(input: &'a [u8], instance: Option<&'a str>) -> Result<Parsed<'a>, InputError> {
+        let mut pairs = Vec::new();
+        let summary = parse_chunks(input, instance, usize::MAX, |chunk| {
+            pairs = chunk;
+            true
+        })?;
+        Ok(Parsed {
+            pairs,
+            duplicates_in_input: summary.duplicates_in_input,
+            rejections: summary.rejections,
+            csv: summary.csv,
+        })
+    }
 
     #[test]
     fn the_csv_header_is_recognised_in_its_usual_spellings() {

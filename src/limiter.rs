@@ -37,10 +37,9 @@ pub const OVERLOAD_MIN: u32 = 3;
 /// `B - 1 + 1s/period` permits in any second; one call of headroom more covers arrival jitter.
 pub fn quota_for(ceiling: f64, burst: u32) -> Quota {
     let burst = burst.max(1);
-    // `burst - 1` calls for the burst, and ARRIVAL_JITTER's worth of calls: a call that
-    // reaches the gateway a little late lets the next ones close up behind it.
-    let jitter_calls = (ceiling * ARRIVAL_JITTER.as_secs_f64()).min(2.5);
-    let steady = ((ceiling - (burst as f64 - 1.0) - jitter_calls) / (1.0 + PACING_MARGIN)).max(0.1);
+    // `burst - 1` calls for the burst, and the arrival jitter's worth of calls.
+    let steady =
+        ((ceiling - (burst as f64 - 1.0) - jitter_calls(ceiling)) / (1.0 + PACING_MARGIN)).max(0.1);
     let period = Duration::from_secs_f64(1.0 / steady);
     Quota::with_period(period)
         .expect("period is positive")
@@ -51,8 +50,13 @@ pub fn quota_for(ceiling: f64, burst: u32) -> Quota {
 /// worth of calls below it, since a call that reaches the gateway a little late lets the next
 /// ones close up behind it.
 pub fn window_limit(ceiling: f64) -> usize {
-    let jitter_calls = (ceiling * ARRIVAL_JITTER.as_secs_f64()).min(2.5);
-    ((ceiling - jitter_calls).floor() as usize).max(1)
+    ((ceiling - jitter_calls(ceiling)).floor() as usize).max(1)
+}
+
+/// [`ARRIVAL_JITTER`]'s worth of calls at `ceiling` (at most 2.5): a call that reaches the
+/// gateway a little late lets the next ones close up behind it.
+fn jitter_calls(ceiling: f64) -> f64 {
+    (ceiling * ARRIVAL_JITTER.as_secs_f64()).min(2.5)
 }
 
 /// The account limiter's GCRA quota: the steady rate just under [`window_limit`], with `burst`
@@ -93,16 +97,17 @@ impl SendWindow {
 
     pub fn record(&mut self, now: Duration) {
         self.sends.push_back(now);
-        while self.sends.len() > self.limit {
-            self.sends.pop_front();
-        }
+        self.forget_beyond_limit();
     }
 
     pub fn set_limit(&mut self, limit: usize) {
         self.limit = limit.max(1);
-        while self.sends.len() > self.limit {
-            self.sends.pop_front();
-        }
+        self.forget_beyond_limit();
+    }
+
+    fn forget_beyond_limit(&mut self) {
+        let excess = self.sends.len().saturating_sub(self.limit);
+        self.sends.drain(..excess);
     }
 }
 

@@ -52,16 +52,7 @@ pub async fn run(settings: Settings, args: RunArgs, config: Option<PathBuf>) -> 
     let options = RunOptions {
         until_empty: args.until_empty,
     };
-    let result = tokio::spawn(worker::run(
-        db.clone(),
-        client,
-        settings,
-        shutdown,
-        options,
-        shared,
-    ))
-    .await
-    .expect("the dispatcher does not panic");
+    let result = worker::run(db.clone(), client, settings, shutdown, options, shared).await;
     systemd::stopping();
     background.cancel();
     db.close().await;
