@@ -335,7 +335,7 @@ fn positive(key: &str, value: i64, max: i64) -> Result<(), ConfigError> {
 
 fn validate_endpoint(endpoint: &str) -> Result<(), ConfigError> {
     let key = "api.endpoint";
-    let url = reqwest::Url::parse(endpoint)
+    let url = url::Url::parse(endpoint)
         .map_err(|e| bad(key, format!("{endpoint:?} is not a URL: {e}")))?;
     let host = url
         .host_str()

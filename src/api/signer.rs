@@ -149,7 +149,7 @@ pub fn sign_v3(call: &CallToSign<'_>) -> SignedRequest {
             call.access_key_id
         ),
     ));
-    // reqwest sets Host from the URL.
+    // The HTTP client sets Host from the URL.
     headers.retain(|(k, _)| *k != "host");
     SignedRequest { query, headers }
 }
