@@ -163,6 +163,14 @@ impl Report {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(FLOOR_CLIENT) {
+        if let Err(e) = floor_client(&argv[2..]) {
+            eprintln!("floor client failed: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     match try_main() {
         Ok(()) => {}
         Err(e) => {
@@ -197,6 +205,7 @@ fn try_main() -> Result<()> {
             .map(|i| pacing_deregd(dir, &ids, sizes.pacing_jobs, cap, i))
             .collect::<Result<Vec<_>>>()?;
         let ours = PacingRun::median(&runs);
+        let floor = pacing_floor(dir, sizes.pacing_jobs, cap)?;
         let theirs = match &sdk_python {
             Some(python) => match pacing_sdk(dir, python, &ids, sizes.pacing_jobs, cap) {
                 Ok(r) => Some(r),
@@ -213,7 +222,7 @@ fn try_main() -> Result<()> {
             }
             None => bail!("the SDK baseline needs --sdk-python (bench/run installs the SDK)"),
         };
-        report_pacing(&mut report, cap, &ours, theirs.as_ref());
+        report_pacing(&mut report, cap, &ours, &floor, theirs.as_ref());
         if runs.len() > 1 {
             let list = |f: &dyn Fn(&PacingRun) -> String| {
                 runs.iter().map(f).collect::<Vec<_>>().join(", ")
@@ -327,22 +336,153 @@ impl PacingRun {
 fn pacing_deregd(dir: &Path, ids: &Path, jobs: usize, cap: u32, n: usize) -> Result<PacingRun> {
     let db = dir.join(format!("pacing-{cap}-{n}.db"));
     submit(&db, ids, "pacing")?;
-    let emulator = EmulatorProc::start(dir, &format!("pacing-{cap}-{n}"))?;
-    let child = deregd(&db, Some(&emulator), cap)
-        .args(["run", "--until-empty"])
-        .stderr(log_file(dir, &format!("run-{cap}-{n}"))?)
-        .spawn()?;
+    paced_client(dir, &format!("run-{cap}-{n}"), jobs, cap, |emulator| {
+        let mut cmd = deregd(&db, Some(emulator), cap);
+        cmd.args(["run", "--until-empty"]);
+        cmd
+    })
+}
+
+/// The floor run at `cap`: [`floor_client`] as its own process.
+fn pacing_floor(dir: &Path, jobs: usize, cap: u32) -> Result<PacingRun> {
+    let exe = std::env::current_exe()?;
+    paced_client(dir, &format!("floor-{cap}"), jobs, cap, |emulator| {
+        let mut cmd = Command::new(&exe);
+        cmd.arg(FLOOR_CLIENT)
+            .args([emulator.address(), jobs.to_string(), cap.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        cmd
+    })
+}
+
+/// Runs the client `command` builds against a fresh emulator until it exits, and checks that
+/// every one of the `jobs` calls succeeded. Its stderr goes to `NAME.log`.
+fn paced_client(
+    dir: &Path,
+    name: &str,
+    jobs: usize,
+    cap: u32,
+    command: impl FnOnce(&EmulatorProc) -> Command,
+) -> Result<PacingRun> {
+    let emulator = EmulatorProc::start(dir, name)?;
+    let child = command(&emulator).stderr(log_file(dir, name)?).spawn()?;
     let limit = Duration::from_secs_f64(jobs as f64 / cap as f64 * 3.0 + 60.0);
     let reaped = wait_reaped(child, limit)?;
-    ensure!(reaped.code == 0, "deregd run exited with {}", reaped.code);
+    ensure!(
+        reaped.code == 0,
+        "{name} exited with {} (see {name}.log)",
+        reaped.code
+    );
     let stats = emulator.stop()?;
     let run = PacingRun::from_stats(&stats, reaped.cpu_s, None)?;
     ensure!(
         run.successes == jobs as u64,
-        "deregd: {} successes for {jobs} jobs",
+        "{name}: {} successes for {jobs} calls",
         run.successes
     );
     Ok(run)
+}
+
+/// The argument that runs this binary as the floor client.
+const FLOOR_CLIENT: &str = "--floor-client";
+
+/// The floor of CPU per call on this host: what one signed exchange costs with nothing else.
+/// Each call is signed as deregd signs it (V3, fresh timestamp and nonce) and written on a
+/// kept-alive TCP connection; the answer is read up to its `content-length`. No HTTP library,
+/// no queue, no database, no retries; one timer per call paces the calls at the cap, on a
+/// current-thread runtime like deregd's. Arguments: `ADDR CALLS CAP`.
+fn floor_client(args: &[String]) -> Result<()> {
+    use deregd::api::signer::{sign_v3, CallToSign};
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let [addr, calls, cap] = args else {
+        bail!("usage: {FLOOR_CLIENT} ADDR CALLS CAP");
+    };
+    let calls: usize = calls.parse()?;
+    let cap: f64 = cap.parse()?;
+    let addr: Arc<str> = addr.as_str().into();
+    let idle: Arc<Mutex<Vec<tokio::net::TcpStream>>> = Arc::default();
+
+    async fn call(addr: &str, idle: &Mutex<Vec<tokio::net::TcpStream>>, i: usize) -> Result<()> {
+        let reused = idle.lock().expect("not poisoned").pop();
+        let mut conn = match reused {
+            Some(conn) => conn,
+            None => {
+                let conn = tokio::net::TcpStream::connect(addr).await?;
+                conn.set_nodelay(true)?;
+                conn
+            }
+        };
+        let timestamp = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let nonce = format!("{:032x}", rand::random::<u128>());
+        let client = format!("GID_fleet@@@floor-{i}");
+        let params = [("ClientId", client.as_str()), ("InstanceId", INSTANCE)];
+        let signed = sign_v3(&CallToSign {
+            host: addr,
+            action: "UnRegisterDeviceCredential",
+            version: "2020-04-20",
+            params: &params,
+            access_key_id: "testid",
+            access_key_secret: "testsecret",
+            security_token: None,
+            timestamp: &timestamp,
+            nonce: &nonce,
+        });
+        let mut request = format!(
+            "POST /?{} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\n",
+            signed.query
+        );
+        for (name, value) in &signed.headers {
+            write!(request, "{name}: {value}\r\n")?;
+        }
+        request.push_str("\r\n");
+        conn.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut chunk).await?;
+            ensure!(n > 0, "the emulator closed the connection");
+            answer.extend_from_slice(&chunk[..n]);
+            let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+            ensure!(head.starts_with("http/1.1 200"), "answer: {head}");
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .context("no content-length")?
+                .trim()
+                .parse()?;
+            if answer.len() >= end + 4 + length {
+                break;
+            }
+        }
+        idle.lock().expect("not poisoned").push(conn);
+        Ok(())
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let start = tokio::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..calls {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / cap)).await;
+            let (addr, idle) = (addr.clone(), idle.clone());
+            tasks.spawn(async move { call(&addr, &idle, i).await });
+            while let Some(done) = tasks.try_join_next() {
+                done??;
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        Ok(())
+    })
 }
 
 fn pacing_sdk(dir: &Path, python: &Path, ids: &Path, jobs: usize, cap: u32) -> Result<PacingRun> {
@@ -379,7 +519,13 @@ fn pacing_sdk(dir: &Path, python: &Path, ids: &Path, jobs: usize, cap: u32) -> R
     PacingRun::from_stats(&stats, reaped.cpu_s, Some(num(&summary, "not_retried")?))
 }
 
-fn report_pacing(report: &mut Report, cap: u32, ours: &PacingRun, theirs: Option<&PacingRun>) {
+fn report_pacing(
+    report: &mut Report,
+    cap: u32,
+    ours: &PacingRun,
+    floor: &PacingRun,
+    theirs: Option<&PacingRun>,
+) {
     let b = format!("Pacing @ {cap}/s");
     let cap_f = cap as f64;
     report.add(
@@ -418,6 +564,25 @@ fn report_pacing(report: &mut Report, cap: u32, ours: &PacingRun, theirs: Option
         ),
         "<= 0.15 ms",
         Some(ours.cpu_per_call_ms() <= 0.15),
+    );
+    report.add(
+        &b,
+        "floor: a bare signed exchange, CPU per call",
+        format!(
+            "{:.4} ms ({:.2} s / {} calls)",
+            floor.cpu_per_call_ms(),
+            floor.cpu_s,
+            floor.calls
+        ),
+        "comparison",
+        None,
+    );
+    report.add(
+        &b,
+        "deregd vs the floor: CPU per call",
+        format!("{:.2}x", ours.cpu_per_call_ms() / floor.cpu_per_call_ms()),
+        "comparison",
+        None,
     );
     let Some(sdk) = theirs else {
         report.add(&b, "SDK baseline", "skipped".into(), "comparison", None);
