@@ -163,8 +163,13 @@ impl AdaptiveRate {
         self.ceiling
     }
 
-    /// A new ceiling (SIGHUP); the current curve is kept under it.
+    /// A new ceiling (SIGHUP). A rate that was at the old ceiling moves to the new one; a
+    /// curve regrowing after a cut is kept under it (and may now grow further).
     pub fn set_ceiling(&mut self, ceiling: f64) {
+        if self.last_cut.is_none() && self.current >= self.ceiling {
+            self.current = ceiling;
+            self.last_max = ceiling;
+        }
         self.ceiling = ceiling;
         self.last_max = self.last_max.min(ceiling);
         self.current = self.current.min(ceiling);
@@ -551,6 +556,20 @@ mod tests {
         assert!((rate.rate_at(10.0 + k) - 100.0).abs() < 1e-6);
         assert!(rate.rate_at(10.0 + k + 1.0) < 101.0);
         assert!(rate.rate_at(10.0 + k + 20.0) > 150.0);
+        assert_eq!(rate.rate_at(1000.0), 300.0);
+    }
+
+    #[test]
+    fn a_new_ceiling_moves_a_rate_that_was_at_the_old_one() {
+        let mut rate = AdaptiveRate::new(20.0);
+        rate.set_ceiling(400.0);
+        assert_eq!(rate.rate_at(1.0), 400.0);
+        rate.set_ceiling(100.0);
+        assert_eq!(rate.rate_at(2.0), 100.0);
+        // After a cut the curve regrows towards the new ceiling, not the old one.
+        rate.cut(3.0, 100.0);
+        rate.set_ceiling(300.0);
+        assert!(rate.rate_at(3.5) < 100.0);
         assert_eq!(rate.rate_at(1000.0), 300.0);
     }
 
