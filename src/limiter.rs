@@ -347,7 +347,12 @@ impl Pacer {
         // hand-off per call. tokio's timer wakes this task directly.
         loop {
             let now = self.origin.elapsed();
-            if let Some(wait) = self.window.wait(now).or_else(|| self.spacing.wait(now)) {
+            if let Some(wait) = self.window.wait(now) {
+                self.drop_credit();
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            if let Some(wait) = self.spacing.wait(now) {
                 tokio::time::sleep(wait).await;
                 continue;
             }
@@ -362,6 +367,15 @@ impl Pacer {
         let now = self.origin.elapsed();
         self.window.record(now);
         self.spacing.record(now);
+    }
+
+    /// The send window is full: the calls are caught up with the ceiling, and credit left
+    /// over would only keep the window full from then on, every sliding second at the limit
+    /// with no room for arrival jitter (the GCRA's steady rate is just under the window's, so
+    /// it would take a minute to drain by itself). Spent here; it builds up again while
+    /// dispatch is held up.
+    fn drop_credit(&mut self) {
+        while self.account.check().is_ok() {}
     }
 
     /// Takes one call from `instance_id`'s cap. `Err(wait)` when the cap allows none now.
@@ -519,11 +533,10 @@ mod tests {
         let mut t = Duration::ZERO;
         let mut asleep_until = Duration::ZERO;
         while t < Duration::from_secs(5) {
-            if t >= asleep_until
-                && window.wait(t).is_none()
-                && spacing.wait(t).is_none()
-                && limiter.check().is_ok()
-            {
+            if t >= asleep_until && window.wait(t).is_some() {
+                // Pacer::drop_credit
+                while limiter.check().is_ok() {}
+            } else if t >= asleep_until && spacing.wait(t).is_none() && limiter.check().is_ok() {
                 window.record(t);
                 spacing.record(t);
                 times.push(t);
@@ -568,12 +581,12 @@ mod tests {
                 max <= window_limit(qps),
                 "late, qps {qps} burst {burst}: {max}"
             );
-            // (Asleep about a third of the time at 490/s: with only the burst to catch up with,
-            // 490/s fell to 395/s here. A little is still lost: once the window is full, its
-            // sends echo a second later, stalls included.)
+            // (Asleep about a third of the time at 490/s. With only the burst to catch up with,
+            // 490/s fell to 395/s here and 280/s to 251/s; now 472.5 and 268.25. What is still
+            // lost is the credit dropped whenever the window fills: see Pacer::drop_credit.)
             let steady = late.iter().filter(|t| t.as_secs() >= 1).count() as f64 / 4.0;
             assert!(
-                steady >= floor * 0.97,
+                steady >= floor * 0.95,
                 "late, qps {qps} burst {burst}: {steady}/s"
             );
             // Made up at most twice as fast as the rate, after the burst.
