@@ -10,6 +10,8 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::config::LimitsSettings;
@@ -115,6 +117,35 @@ impl Spacing {
     pub fn record(&mut self, now: Duration) {
         self.next = self.next.max(now) + self.gap;
     }
+}
+
+/// One look at the account's gates at `now` (since the pacer's origin): the send window, the
+/// spacing of credit, then the GCRA. `Ok` takes a call and records it; `Err` is how long to
+/// wait before looking again.
+///
+/// When the send window is full the calls are caught up with the ceiling, and credit left over
+/// would only keep the window full from then on, every sliding second at the limit with no room
+/// for arrival jitter (the GCRA's steady rate is just under the window's, so it would take a
+/// minute to drain by itself). It is dropped here; it builds up again while dispatch is held up.
+fn take_account<C: Clock>(
+    account: &RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>,
+    window: &mut SendWindow,
+    spacing: &mut Spacing,
+    now: Duration,
+) -> Result<(), Duration> {
+    if let Some(wait) = window.wait(now) {
+        while account.check().is_ok() {}
+        return Err(wait);
+    }
+    if let Some(wait) = spacing.wait(now) {
+        return Err(wait);
+    }
+    account
+        .check()
+        .map_err(|not_until| not_until.wait_time_from(account.clock().now()))?;
+    window.record(now);
+    spacing.record(now);
+    Ok(())
 }
 
 /// The send times of the last `limit` calls: one more is allowed only once the oldest of them is
@@ -345,37 +376,14 @@ impl Pacer {
         }
         // governor's own `until_ready` sleeps on the futures-timer thread: one more thread
         // hand-off per call. tokio's timer wakes this task directly.
-        loop {
-            let now = self.origin.elapsed();
-            if let Some(wait) = self.window.wait(now) {
-                self.drop_credit();
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            if let Some(wait) = self.spacing.wait(now) {
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            match self.account.check() {
-                Ok(()) => break,
-                Err(not_until) => {
-                    let wait = not_until.wait_time_from(self.account.clock().now());
-                    tokio::time::sleep(wait).await;
-                }
-            }
+        while let Err(wait) = take_account(
+            &self.account,
+            &mut self.window,
+            &mut self.spacing,
+            self.origin.elapsed(),
+        ) {
+            tokio::time::sleep(wait).await;
         }
-        let now = self.origin.elapsed();
-        self.window.record(now);
-        self.spacing.record(now);
-    }
-
-    /// The send window is full: the calls are caught up with the ceiling, and credit left
-    /// over would only keep the window full from then on, every sliding second at the limit
-    /// with no room for arrival jitter (the GCRA's steady rate is just under the window's, so
-    /// it would take a minute to drain by itself). Spent here; it builds up again while
-    /// dispatch is held up.
-    fn drop_credit(&mut self) {
-        while self.account.check().is_ok() {}
     }
 
     /// Takes one call from `instance_id`'s cap. `Err(wait)` when the cap allows none now.
@@ -533,12 +541,7 @@ mod tests {
         let mut t = Duration::ZERO;
         let mut asleep_until = Duration::ZERO;
         while t < Duration::from_secs(5) {
-            if t >= asleep_until && window.wait(t).is_some() {
-                // Pacer::drop_credit
-                while limiter.check().is_ok() {}
-            } else if t >= asleep_until && spacing.wait(t).is_none() && limiter.check().is_ok() {
-                window.record(t);
-                spacing.record(t);
+            if t >= asleep_until && take_account(&limiter, &mut window, &mut spacing, t).is_ok() {
                 times.push(t);
                 asleep_until = t + late(times.len());
                 continue;
@@ -583,7 +586,7 @@ mod tests {
             );
             // (Asleep about a third of the time at 490/s. With only the burst to catch up with,
             // 490/s fell to 395/s here and 280/s to 251/s; now 472.5 and 268.25. What is still
-            // lost is the credit dropped whenever the window fills: see Pacer::drop_credit.)
+            // lost is the credit dropped whenever the window fills: see take_account.)
             let steady = late.iter().filter(|t| t.as_secs() >= 1).count() as f64 / 4.0;
             assert!(
                 steady >= floor * 0.95,
