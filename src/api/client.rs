@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rand::RngCore;
 
-use super::signer::{sign_v2, sign_v3, CallToSign};
+use super::signer::{self, sign_v2, sign_v3, CallToSign};
 use super::{ACTION, API_VERSION};
 use crate::config::{Credentials, Settings, SignatureVersion};
 
@@ -113,7 +113,7 @@ impl ApiClient {
         instance_id: &str,
         client_id: &str,
     ) -> Result<Answer, TransportError> {
-        let timestamp = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let timestamp = signer::timestamp(chrono::Utc::now());
         let mut nonce_bytes = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut nonce_bytes);
         let nonce = hex::encode(nonce_bytes);

@@ -3,9 +3,8 @@
 //! Each attempt is signed anew with its own timestamp and nonce. Pinned by API.md's vectors.
 
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
-use sha2::{Digest, Sha256};
+use ring::{digest, hmac};
 
 /// Everything but `A-Z a-z 0-9 - _ . ~` is escaped, with upper-case hex (a space is `%20`).
 const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
@@ -73,15 +72,17 @@ pub fn v3_canonical_request(
 pub fn v3_string_to_sign(canonical_request: &str) -> String {
     format!(
         "ACS3-HMAC-SHA256\n{}",
-        hex::encode(Sha256::digest(canonical_request.as_bytes()))
+        hex::encode(digest::digest(
+            &digest::SHA256,
+            canonical_request.as_bytes()
+        ))
     )
 }
 
 /// V3: hex(hmac_sha256(secret, string to sign)).
 pub fn v3_signature(secret: &str, string_to_sign: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(string_to_sign.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
+    hex::encode(hmac::sign(&key, string_to_sign.as_bytes()))
 }
 
 /// V2: `METHOD&%2F&` + pe(canonical query).
@@ -94,9 +95,14 @@ pub fn v2_signature(secret: &str, string_to_sign: &str) -> String {
     let mut key = String::with_capacity(secret.len() + 1);
     key.push_str(secret);
     key.push('&');
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(key.as_bytes()).expect("any key length");
-    mac.update(string_to_sign.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(hmac::sign(&key, string_to_sign.as_bytes()))
+}
+
+/// The signing timestamp, `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds). chrono's fixed RFC 3339
+/// writer, not a strftime pattern parsed on every call.
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// What one signed call needs: the query string and the headers to send.
@@ -196,6 +202,14 @@ mod tests {
         ("Timestamp", "2016-02-23T12:46:24Z"),
         ("Version", "2014-05-26"),
     ];
+
+    #[test]
+    fn timestamps_are_utc_whole_seconds_with_a_z() {
+        let at = chrono::DateTime::from_timestamp(1_456_231_584, 987_000_000).expect("valid");
+        assert_eq!(timestamp(at), "2016-02-23T12:46:24Z");
+        let midnight = chrono::DateTime::from_timestamp(1_795_737_600, 0).expect("valid");
+        assert_eq!(timestamp(midnight), "2026-11-27T00:00:00Z");
+    }
 
     #[test]
     fn percent_encoding_follows_the_vendor_rules() {
