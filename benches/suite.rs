@@ -1361,7 +1361,8 @@ const METHOD: &str = "\
 - **Pacing precision**: per cap, a fresh database gets the jobs through `deregd submit` \
 (not timed), a fresh emulator process starts, and `deregd run --until-empty` drains the queue \
 with `DEREGD_LIMITS__QPS` = the cap. The emulator records the wall-clock time of every request \
-it receives; the achieved rate is (calls - 1) / (last arrival - first arrival), i.e. the steady \
+it receives, as the kernel stamped its bytes on receipt (`SO_TIMESTAMPNS`: a stall of the \
+emulator's own threads does not bunch the stamps); the achieved rate is (calls - 1) / (last arrival - first arrival), i.e. the steady \
 part from the first to the last call, start-up and the drain of the last answers excluded. \
 The largest sliding second is the emulator's `max_arrivals_per_sliding_second` (every arrival, \
 throttled or not, in any window [t, t + 1 s)). Throttled calls are the emulator's count. \

@@ -18,7 +18,8 @@ use super::answer::{
 };
 use super::auth::{authenticate, header_str, param, Authenticated};
 use super::faults::{Fault, FaultPlan, Malformed};
-use super::state::{State, MAX_RECORDED_OFFSETS};
+use super::stamp::Received;
+use super::state::{record_offset, State};
 use super::AccessKey;
 
 /// The only API version this emulator serves.
@@ -98,6 +99,8 @@ pub struct Incoming {
     pub body: Bytes,
     /// Peer address.
     pub peer: IpAddr,
+    /// When the kernel received the request (`None`: handle time stands in).
+    pub received: Option<Received>,
 }
 
 /// What the connection should do with a request.
@@ -123,9 +126,10 @@ enum Outcome {
 
 /// Handles one API request (the stats endpoint is handled by the caller).
 pub fn handle(shared: &Arc<Shared>, req: &Incoming) -> Action {
-    let now = Instant::now();
+    let received = req.received.unwrap_or_else(Received::now);
+    let now = received.at;
     let host = header_str(&req.headers, "host").unwrap_or("localhost");
-    shared.lock().state.record_arrival(now);
+    shared.lock().state.record_arrival(received);
 
     let (auth, key_id) = authenticate(shared, req);
     let (outcome, delay) = match auth {
@@ -233,11 +237,8 @@ fn decide(
     }
     state.accepted_all.record(now);
     state.stats.accepted += 1;
-    if state.accepted_offsets.len() < MAX_RECORDED_OFFSETS {
-        state
-            .accepted_offsets
-            .push(now.duration_since(state.started));
-    }
+    let offset = now.duration_since(state.started);
+    record_offset(&mut state.accepted_offsets, offset);
 
     let (instance, client) = match request_check {
         Ok(ids) => ids,

@@ -27,6 +27,7 @@ mod answer;
 mod auth;
 mod faults;
 mod handler;
+mod stamp;
 mod state;
 mod verify;
 
@@ -54,6 +55,7 @@ pub use state::{max_in_window, FaultCounts, Registry, Stats};
 use answer::Body;
 use faults::FaultPlan;
 use handler::{Action, Incoming, Inner, Shared};
+use stamp::{Received, StampedStream};
 use state::State;
 
 /// Path of the stats endpoint (JSON of [`Stats`]).
@@ -288,9 +290,13 @@ async fn serve_connection(
     cancel: CancellationToken,
 ) {
     let fd = stream.as_raw_fd();
+    let (stream, last_receive) = StampedStream::new(stream);
     let service = service_fn(move |req| {
         let shared = shared.clone();
-        async move { serve_request(shared, peer, fd, req).await }
+        // Clients send one request at a time per connection, so the last bytes read are
+        // this request's.
+        let received = last_receive.get();
+        async move { serve_request(shared, peer, fd, received, req).await }
     });
     let conn = http1::Builder::new()
         .keep_alive(true)
@@ -309,6 +315,7 @@ async fn serve_request(
     shared: Arc<Shared>,
     peer: SocketAddr,
     fd: std::os::fd::RawFd,
+    received: Option<Received>,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, DropConnection> {
     let (parts, body) = req.into_parts();
@@ -334,6 +341,7 @@ async fn serve_request(
         headers: parts.headers,
         body,
         peer: peer.ip(),
+        received,
     };
     match handler::handle(&shared, &incoming) {
         Action::Answer(resp, delay) => {

@@ -267,8 +267,11 @@ impl SlidingWindow {
         self.events.len() as u64
     }
 
-    /// Records one event at `now` and updates the maximum.
+    /// Records one event at `now` and updates the maximum. An event stamped before the last
+    /// one recorded (requests on two connections handled out of their arrival order) counts
+    /// as at the last one's time: the window can only err towards counting more.
     pub fn record(&mut self, now: Instant) {
+        let now = self.events.back().map_or(now, |&last| now.max(last));
         self.prune(now);
         self.events.push_back(now);
         self.max = self.max.max(self.events.len() as u64);
@@ -401,12 +404,13 @@ impl State {
     }
 
     /// Records an arrival; `key_id` once the key is known.
-    pub fn record_arrival(&mut self, now: Instant) {
+    pub fn record_arrival(&mut self, received: super::stamp::Received) {
         self.stats.total_requests += 1;
-        self.arrivals_all.record(now);
-        let wall = unix_us();
+        self.arrivals_all.record(received.at);
+        let wall = received.unix_us;
         self.stats.first_arrival_unix_us.get_or_insert(wall);
-        self.stats.last_arrival_unix_us = Some(wall);
+        let last = self.stats.last_arrival_unix_us.get_or_insert(wall);
+        *last = (*last).max(wall);
     }
 
     /// Records an arrival attributed to a known key.
@@ -426,9 +430,7 @@ impl State {
             .entry(instance.to_string())
             .or_default() += 1;
         self.successes_all.record(now);
-        if self.success_offsets.len() < MAX_RECORDED_OFFSETS {
-            self.success_offsets.push(now.duration_since(self.started));
-        }
+        record_offset(&mut self.success_offsets, now.duration_since(self.started));
     }
 
     /// A consistent snapshot of the counters.
@@ -453,10 +455,13 @@ impl State {
     }
 }
 
-fn unix_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+/// Appends `offset` to a recorded list (up to [`MAX_RECORDED_OFFSETS`]), kept sorted: one
+/// earlier than the last (requests handled out of their arrival order) is recorded as the last.
+pub fn record_offset(offsets: &mut Vec<Duration>, offset: Duration) {
+    if offsets.len() < MAX_RECORDED_OFFSETS {
+        let last = offsets.last().copied().unwrap_or_default();
+        offsets.push(offset.max(last));
+    }
 }
 
 /// Largest number of `offsets` falling in any half-open window `[t, t + window)`.
