@@ -244,37 +244,50 @@ impl NonceStore {
 }
 
 /// Events in the last second, plus the largest count any sliding one-second window held.
+/// Events may be recorded a little out of order (requests on two connections are handled in
+/// whatever order the emulator's threads get to them, but stamped when they arrived): they are
+/// kept sorted, and an event recorded late is counted in every window that holds it.
 #[derive(Debug, Default, Clone)]
 pub struct SlidingWindow {
     events: VecDeque<Instant>,
     max: u64,
 }
 
+/// How far out of order an event may be recorded and still be counted exactly.
+const REORDER_SLACK: Duration = Duration::from_secs(1);
+
 impl SlidingWindow {
-    fn prune(&mut self, now: Instant) {
+    /// Events in `[end - 1 s, end]`, excluding those exactly 1 s old, of the first `upto`.
+    fn window_ending_at(&self, end: Instant, upto: usize) -> u64 {
+        let start = self
+            .events
+            .partition_point(|&e| e + Duration::from_secs(1) <= end);
+        upto.saturating_sub(start) as u64
+    }
+
+    /// Events within the second before `now` (exclusive of events exactly 1 s old).
+    pub fn count(&self, now: Instant) -> u64 {
+        let upto = self.events.partition_point(|&e| e <= now);
+        self.window_ending_at(now, upto)
+    }
+
+    /// Records one event at `at` and updates the maximum: every window ending at an event from
+    /// `at` on now holds one more.
+    pub fn record(&mut self, at: Instant) {
+        let pos = self.events.partition_point(|&e| e <= at);
+        self.events.insert(pos, at);
+        for i in pos..self.events.len() {
+            let count = self.window_ending_at(self.events[i], i + 1);
+            self.max = self.max.max(count);
+        }
+        let latest = *self.events.back().expect("just inserted");
         while let Some(&front) = self.events.front() {
-            if now.duration_since(front) >= Duration::from_secs(1) {
+            if front + Duration::from_secs(1) + REORDER_SLACK <= latest {
                 self.events.pop_front();
             } else {
                 break;
             }
         }
-    }
-
-    /// Events within the second before `now` (exclusive of events exactly 1 s old).
-    pub fn count(&mut self, now: Instant) -> u64 {
-        self.prune(now);
-        self.events.len() as u64
-    }
-
-    /// Records one event at `now` and updates the maximum. An event stamped before the last
-    /// one recorded (requests on two connections handled out of their arrival order) counts
-    /// as at the last one's time: the window can only err towards counting more.
-    pub fn record(&mut self, now: Instant) {
-        let now = self.events.back().map_or(now, |&last| now.max(last));
-        self.prune(now);
-        self.events.push_back(now);
-        self.max = self.max.max(self.events.len() as u64);
     }
 
     /// Largest number of events seen in any sliding one-second window so far.
@@ -455,12 +468,12 @@ impl State {
     }
 }
 
-/// Appends `offset` to a recorded list (up to [`MAX_RECORDED_OFFSETS`]), kept sorted: one
-/// earlier than the last (requests handled out of their arrival order) is recorded as the last.
+/// Adds `offset` to a recorded list (up to [`MAX_RECORDED_OFFSETS`]), kept sorted (requests
+/// are handled a little out of their arrival order).
 pub fn record_offset(offsets: &mut Vec<Duration>, offset: Duration) {
     if offsets.len() < MAX_RECORDED_OFFSETS {
-        let last = offsets.last().copied().unwrap_or_default();
-        offsets.push(offset.max(last));
+        let pos = offsets.partition_point(|&o| o <= offset);
+        offsets.insert(pos, offset);
     }
 }
 
@@ -533,6 +546,41 @@ mod tests {
         w.record(t0 + Duration::from_millis(1000));
         assert_eq!(w.max(), 10);
         assert_eq!(w.count(t0 + Duration::from_millis(1950)), 1);
+    }
+
+    #[test]
+    fn sliding_window_counts_events_recorded_out_of_order_where_they_happened() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // 0, 10, ..., 990 ms and 1005 ms: the busiest second holds 100 (10 ms .. 1005 ms).
+        let mut times: Vec<u64> = (0..100).map(|i| i * 10).collect();
+        times.push(1005);
+        let mut sorted = SlidingWindow::default();
+        for &t in &times {
+            sorted.record(at(t));
+        }
+        // The same events, each pair recorded in reverse (handled out of arrival order).
+        let mut shuffled = SlidingWindow::default();
+        for pair in times.chunks(2) {
+            for &t in pair.iter().rev() {
+                shuffled.record(at(t));
+            }
+        }
+        assert_eq!(sorted.max(), 100);
+        assert_eq!(shuffled.max(), 100);
+        // A late event clamped to the latest time would have made one window hold 101.
+        let mut late = SlidingWindow::default();
+        for &t in &times[1..] {
+            late.record(at(t));
+        }
+        late.record(at(0));
+        assert_eq!(
+            late.max(),
+            100,
+            "the 0 ms event is not in the 1005 ms window"
+        );
+        assert_eq!(late.count(at(999)), 100);
+        assert_eq!(late.count(at(1005)), 100);
     }
 
     #[test]
