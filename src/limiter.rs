@@ -449,6 +449,14 @@ impl Pacer {
         Some(rate)
     }
 
+    /// Starts the account's pace afresh, as if a call had just left: the credit built up
+    /// while there was nothing to send (start-up, a probe's answer awaited, an idle queue) is
+    /// not owed to anyone. Spent at twice the rate, it would fill the send window within the
+    /// first second, and the window would then hold the next second back as long.
+    pub fn restart(&mut self) {
+        self.rebuild(self.applied);
+    }
+
     /// Follows the regrowth curve; rebuilds the limiter when the rate moved enough to matter.
     pub fn regrow(&mut self) {
         let rate = self.adaptive.rate_at(self.now());
@@ -482,6 +490,42 @@ impl Pacer {
 mod tests {
     use super::*;
     use governor::clock::FakeRelativeClock;
+
+    fn limits(qps: i64, burst: i64) -> LimitsSettings {
+        LimitsSettings {
+            qps,
+            burst,
+            max_in_flight: 64,
+            max_unrecorded: 1000,
+            pause_probe_secs: 60,
+            instance_tps: Default::default(),
+        }
+    }
+
+    /// Credit the account limiter would grant at once, taken.
+    fn take_credit(pacer: &Pacer) -> usize {
+        std::iter::from_fn(|| pacer.account.check().ok()).count()
+    }
+
+    #[test]
+    fn a_restart_drops_the_credit_a_deliberate_wait_built_up() {
+        // 10/s: one call of credit per 100 ms, so the checks below are far from the next one.
+        let mut pacer = Pacer::new(&limits(10, 3));
+        assert_eq!(
+            take_credit(&pacer),
+            0,
+            "a new pacer starts with its credit spent"
+        );
+        std::thread::sleep(Duration::from_millis(350));
+        assert_eq!(
+            take_credit(&pacer),
+            3,
+            "a wait builds credit, up to the burst"
+        );
+        std::thread::sleep(Duration::from_millis(350));
+        pacer.restart();
+        assert_eq!(take_credit(&pacer), 0, "restarted: nothing to make up");
+    }
 
     /// Greedy caller: asks every 100 us for 5 fake seconds; returns the allowed call times.
     fn drive(quota: Quota) -> Vec<Duration> {

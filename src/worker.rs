@@ -362,6 +362,11 @@ impl Dispatcher {
         let claimed = claimed?;
         // Nothing due: wait for the poll interval (or a due retry) before claiming again.
         self.queue_dry = claimed.is_empty();
+        if self.buffer.is_empty() && !claimed.is_empty() {
+            // Work again after none (start-up, a probe's answer awaited, an idle queue): the
+            // pacer's catch-up is for calls a stall held back, not for time without work.
+            self.pacer.restart();
+        }
         self.buffer.extend(claimed);
         // Claimed while a pause began: straight back.
         if self.paused.is_some() && !self.probing {
