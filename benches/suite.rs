@@ -796,16 +796,12 @@ fn bulk_submit(dir: &Path, report: &mut Report, n: usize, repeats: usize) -> Res
     for round in 0..repeats {
         rounds.push(bulk_round(dir, &ids, n, round)?);
     }
-    let ours = median(&rounds.iter().map(|r| r.ours).collect::<Vec<_>>());
-    let staging = median(&rounds.iter().map(|r| r.staging).collect::<Vec<_>>());
-    let bare = median(&rounds.iter().map(|r| r.bare).collect::<Vec<_>>());
-    let vs_staging = median(
-        &rounds
-            .iter()
-            .map(|r| r.ours / r.staging)
-            .collect::<Vec<_>>(),
-    );
-    let vs_bare = median(&rounds.iter().map(|r| r.ours / r.bare).collect::<Vec<_>>());
+    let mid = |f: fn(&BulkRound) -> f64| median(&rounds.iter().map(f).collect::<Vec<_>>());
+    let ours = mid(|r| r.ours);
+    let staging = mid(|r| r.staging);
+    let bare = mid(|r| r.bare);
+    let vs_staging = mid(|r| r.ours / r.staging);
+    let vs_bare = mid(|r| r.ours / r.bare);
 
     let b = "Bulk submit";
     let label = format!("{n} ids");

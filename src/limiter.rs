@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use governor::clock::Clock;
+use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -80,6 +80,18 @@ pub fn account_quota(ceiling: f64, burst: u32) -> Quota {
 /// The account limiter's credit at `rate`: `burst` calls, plus [`CATCH_UP`]'s worth.
 pub fn account_credit(rate: f64, burst: u32) -> u32 {
     burst.max(1) + (rate * CATCH_UP.as_secs_f64()).floor() as u32
+}
+
+/// The account's GCRA limiter at `rate` with `credit` calls of credit, all of it spent, as if
+/// the calls had just left: pacing starts one interval from now, not with a burst.
+fn spent_account<C: Clock>(
+    rate: f64,
+    credit: u32,
+    clock: C,
+) -> RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>> {
+    let account = RateLimiter::direct_with_clock(account_quota(rate, credit), clock);
+    let _ = account.check_n(NonZeroU32::new(credit.max(1)).expect("credit >= 1"));
+    account
 }
 
 /// `burst` calls back to back, then no faster than twice `rate`: how credit owed after a stall
@@ -317,7 +329,11 @@ impl Pacer {
             burst,
             adaptive: AdaptiveRate::new(ceiling),
             applied: ceiling,
-            account: RateLimiter::direct(account_quota(ceiling, burst)),
+            account: spent_account(
+                ceiling,
+                account_credit(ceiling, burst),
+                DefaultClock::default(),
+            ),
             window: SendWindow::new(window_limit(ceiling)),
             spacing: Spacing::new(ceiling, burst),
             instances: HashMap::new(),
@@ -328,7 +344,6 @@ impl Pacer {
             not_before: None,
         };
         pacer.set_caps(&limits.instance_tps);
-        pacer.rebuild(ceiling);
         pacer
     }
 
@@ -476,11 +491,7 @@ impl Pacer {
         } else {
             (self.burst, account_credit(rate, self.burst))
         };
-        self.account = RateLimiter::direct(account_quota(rate, credit));
-        // A fresh limiter starts with all its credit; spend it, as if the calls just left.
-        let _ = self
-            .account
-            .check_n(NonZeroU32::new(credit).expect("credit >= 1"));
+        self.account = spent_account(rate, credit, DefaultClock::default());
         self.spacing.set_rate(rate, burst);
         self.applied = rate;
     }
@@ -575,9 +586,7 @@ mod tests {
     /// for 5 fake seconds but, after each call, sleeps through `late(i)` more.
     fn drive_account(qps: f64, burst: u32, late: impl Fn(usize) -> Duration) -> Vec<Duration> {
         let clock = FakeRelativeClock::default();
-        let credit = account_credit(qps, burst);
-        let limiter = RateLimiter::direct_with_clock(account_quota(qps, credit), clock.clone());
-        let _ = limiter.check_n(NonZeroU32::new(credit).unwrap());
+        let limiter = spent_account(qps, account_credit(qps, burst), clock.clone());
         let mut window = SendWindow::new(window_limit(qps));
         let mut spacing = Spacing::new(qps, burst);
         let mut times = Vec::new();

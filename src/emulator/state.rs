@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 
+use super::stamp::Received;
+
 /// How long a used nonce stays remembered, per key (the gateway's 15 minutes).
 pub const NONCE_TTL: Duration = Duration::from_secs(15 * 60);
 
@@ -417,7 +419,7 @@ impl State {
     }
 
     /// Records an arrival; `key_id` once the key is known.
-    pub fn record_arrival(&mut self, received: super::stamp::Received) {
+    pub fn record_arrival(&mut self, received: Received) {
         self.stats.total_requests += 1;
         self.arrivals_all.record(received.at);
         let wall = received.unix_us;
