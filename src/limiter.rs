@@ -2,11 +2,15 @@
 //! per-instance caps, and the adaptive rate that drops on throttling signals and regrows on a
 //! cubic curve (AWS "adaptive" mode). Calls are spaced evenly by governor's GCRA, never sent in
 //! per-second batches. The account's ceiling is also held by a log of the last sends
-//! ([`SendWindow`]): a burst that catches up after a late wake-up can never put more than the
-//! ceiling into any sliding second, so the steady rate need not give up the burst's room.
+//! ([`SendWindow`]), stamped when each request goes to its socket ([`SendTicket`]): a burst that
+//! catches up after a late wake-up, or a call held up between its permit and its write, can
+//! never put more than the ceiling into any sliding second, so the steady rate need not give up
+//! the burst's room.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -19,8 +23,12 @@ use crate::outcome::Pressure;
 
 /// Headroom kept under a ceiling, so scheduling jitter cannot push one more call into a second.
 pub const PACING_MARGIN: f64 = 0.001;
-/// How much later than its permit a call may reach the gateway (scheduling, loopback).
+/// How much later than its permit a call may reach the gateway (scheduling, loopback): the
+/// per-instance caps count calls by permit time, so they keep this much room.
 pub const ARRIVAL_JITTER: Duration = Duration::from_millis(5);
+/// How often the send window looks again at a full second whose oldest call has its permit but
+/// has not reached its socket yet (a connection still being set up).
+const UNWRITTEN_POLL: Duration = Duration::from_millis(1);
 /// How far behind its schedule the account limiter may fall and still make the calls up (the
 /// host descheduled the daemon for a while, a slow write): calls missed within it are made up
 /// at up to twice the rate, as far as the send window has room. Beyond it they are lost to the
@@ -53,11 +61,12 @@ pub fn quota_for(ceiling: f64, burst: u32) -> Quota {
         .allow_burst(NonZeroU32::new(burst).expect("burst >= 1"))
 }
 
-/// Calls allowed in any sliding second under `ceiling`, by our send clock: ARRIVAL_JITTER's
-/// worth of calls below it, since a call that reaches the gateway a little late lets the next
-/// ones close up behind it.
+/// Calls allowed in any sliding second under `ceiling`, by the time each call was written to
+/// its socket: one under it. From socket to gateway a call's way may vary by a little, and a
+/// call that arrives a little late lets the next one close up behind it; as long as that
+/// variation is shorter than the gap between two calls, it adds at most one to a second.
 pub fn window_limit(ceiling: f64) -> usize {
-    ((ceiling - jitter_calls(ceiling)).floor() as usize).max(1)
+    (ceiling.ceil() as usize).saturating_sub(1).max(1)
 }
 
 /// [`ARRIVAL_JITTER`]'s worth of calls at `ceiling` (at most 2.5): a call that reaches the
@@ -132,8 +141,8 @@ impl Spacing {
 }
 
 /// One look at the account's gates at `now` (since the pacer's origin): the send window, the
-/// spacing of credit, then the GCRA. `Ok` takes a call and records it; `Err` is how long to
-/// wait before looking again.
+/// spacing of credit, then the GCRA. `Ok` takes a call and records it in the window with the
+/// mark `sent` makes; `Err` is how long to wait before looking again.
 ///
 /// When the send window is full the calls are caught up with the ceiling, and credit left over
 /// would only keep the window full from then on, every sliding second at the limit with no room
@@ -144,7 +153,8 @@ fn take_account<C: Clock>(
     window: &mut SendWindow,
     spacing: &mut Spacing,
     now: Duration,
-) -> Result<(), Duration> {
+    sent: impl FnOnce() -> SendMark,
+) -> Result<SendMark, Duration> {
     if let Some(wait) = window.wait(now) {
         while account.check().is_ok() {}
         return Err(wait);
@@ -155,18 +165,136 @@ fn take_account<C: Clock>(
     account
         .check()
         .map_err(|not_until| not_until.wait_time_from(account.clock().now()))?;
-    window.record(now);
+    let mark = sent();
+    window.record(mark.clone());
     spacing.record(now);
-    Ok(())
+    Ok(mark)
 }
 
-/// The send times of the last `limit` calls: one more is allowed only once the oldest of them is
-/// a second old, so no sliding second ever holds more than `limit` sends.
+/// When one call was written to its socket, shared between the send window and the call's
+/// [`SendTicket`]: nanoseconds since the pacer's origin plus one, [`SendMark::PENDING`] until
+/// then, [`SendMark::UNSENT`] when the call was given up before it was written.
+#[derive(Debug, Clone, Default)]
+pub struct SendMark(Arc<AtomicU64>);
+
+/// What a [`SendMark`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Pending,
+    At(Duration),
+    Unsent,
+}
+
+impl SendMark {
+    const PENDING: u64 = 0;
+    const UNSENT: u64 = u64::MAX;
+
+    /// A call written at `at` (since the origin).
+    pub fn at(at: Duration) -> SendMark {
+        let mark = SendMark::default();
+        mark.set(at);
+        mark
+    }
+
+    /// The latest write wins: a request retried on a fresh connection counts when it left.
+    fn set(&self, at: Duration) {
+        let nanos = u64::try_from(at.as_nanos()).unwrap_or(u64::MAX - 1);
+        self.0.store(
+            nanos.saturating_add(1).min(Self::UNSENT - 1),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn give_up(&self) {
+        let _ = self.0.compare_exchange(
+            Self::PENDING,
+            Self::UNSENT,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn read(&self) -> Sent {
+        match self.0.load(Ordering::Relaxed) {
+            Self::PENDING => Sent::Pending,
+            Self::UNSENT => Sent::Unsent,
+            nanos => Sent::At(Duration::from_nanos(nanos - 1)),
+        }
+    }
+}
+
+/// One call's place in the send window, from [`Pacer::until_ready`]. The HTTP client calls
+/// [`SendTicket::writing`] as the request goes to its socket; a ticket dropped before that
+/// tells the window the call never left.
+#[derive(Debug)]
+#[must_use = "a ticket dropped unused takes its call out of the send window"]
+pub struct SendTicket {
+    origin: Instant,
+    mark: SendMark,
+}
+
+impl SendTicket {
+    /// A ticket outside any pacer (a one-off call): its mark goes nowhere.
+    pub fn unpaced() -> SendTicket {
+        SendTicket {
+            origin: Instant::now(),
+            mark: SendMark::default(),
+        }
+    }
+
+    /// The request is being written to its socket now.
+    pub fn writing(&self) {
+        self.mark.set(self.origin.elapsed());
+    }
+
+    /// What the window will see of this ticket, kept after the ticket is handed on.
+    #[cfg(test)]
+    pub(crate) fn watch(&self) -> SendWatch {
+        SendWatch {
+            origin: self.origin,
+            mark: self.mark.clone(),
+        }
+    }
+}
+
+/// A test's view of a [`SendTicket`] it has handed on.
+#[cfg(test)]
+pub(crate) struct SendWatch {
+    origin: Instant,
+    mark: SendMark,
+}
+
+#[cfg(test)]
+impl SendWatch {
+    /// When the request was written, if it was.
+    pub(crate) fn written_at(&self) -> Option<Instant> {
+        match self.mark.read() {
+            Sent::At(at) => Some(self.origin + at),
+            Sent::Pending | Sent::Unsent => None,
+        }
+    }
+
+    /// The ticket was dropped before its request was written.
+    pub(crate) fn given_up(&self) -> bool {
+        self.mark.read() == Sent::Unsent
+    }
+}
+
+impl Drop for SendTicket {
+    fn drop(&mut self) {
+        self.mark.give_up();
+    }
+}
+
+/// The calls written within the last second, and those with a permit not written yet: one more
+/// is allowed only while fewer than `limit` of them are within a second of now, so no sliding
+/// second ever holds more than `limit` writes. Calls are kept in permit order; one written out
+/// of that order stays counted until the ones before it age out (it only ever counts more).
 #[derive(Debug)]
 pub struct SendWindow {
     limit: usize,
-    /// Send times (since any fixed origin), oldest first; at most `limit` of them.
-    sends: std::collections::VecDeque<Duration>,
+    /// Oldest permit first.
+    sends: std::collections::VecDeque<SendMark>,
 }
 
 impl SendWindow {
@@ -178,27 +306,30 @@ impl SendWindow {
     }
 
     /// How long from `now` until one more send fits, or `None` when it fits now.
-    pub fn wait(&self, now: Duration) -> Option<Duration> {
+    pub fn wait(&mut self, now: Duration) -> Option<Duration> {
+        while let Some(oldest) = self.sends.front() {
+            match oldest.read() {
+                Sent::Unsent => {}
+                Sent::At(at) if at + Duration::from_secs(1) <= now => {}
+                Sent::At(_) | Sent::Pending => break,
+            }
+            self.sends.pop_front();
+        }
         if self.sends.len() < self.limit {
             return None;
         }
-        let free_at = self.sends.front().copied()? + Duration::from_secs(1);
-        (free_at > now).then(|| free_at - now)
+        match self.sends.front().map(SendMark::read) {
+            Some(Sent::At(at)) => Some(at + Duration::from_secs(1) - now),
+            _ => Some(UNWRITTEN_POLL),
+        }
     }
 
-    pub fn record(&mut self, now: Duration) {
-        self.sends.push_back(now);
-        self.forget_beyond_limit();
+    pub fn record(&mut self, mark: SendMark) {
+        self.sends.push_back(mark);
     }
 
     pub fn set_limit(&mut self, limit: usize) {
         self.limit = limit.max(1);
-        self.forget_beyond_limit();
-    }
-
-    fn forget_beyond_limit(&mut self) {
-        let excess = self.sends.len().saturating_sub(self.limit);
-        self.sends.drain(..excess);
     }
 }
 
@@ -383,21 +514,31 @@ impl Pacer {
     }
 
     /// Waits until the account limiter and the send window allow one call (and any
-    /// retry-after has passed), and counts the call as sent now.
-    pub async fn until_ready(&mut self) {
+    /// retry-after has passed). The call counts in the window from now; its ticket stamps when
+    /// it was written, or takes it out again if it never is.
+    pub async fn until_ready(&mut self) -> SendTicket {
         self.regrow();
         if let Some(at) = self.not_before.take() {
             tokio::time::sleep_until(at.into()).await;
         }
         // governor's own `until_ready` sleeps on the futures-timer thread: one more thread
         // hand-off per call. tokio's timer wakes this task directly.
-        while let Err(wait) = take_account(
-            &self.account,
-            &mut self.window,
-            &mut self.spacing,
-            self.origin.elapsed(),
-        ) {
-            tokio::time::sleep(wait).await;
+        loop {
+            match take_account(
+                &self.account,
+                &mut self.window,
+                &mut self.spacing,
+                self.origin.elapsed(),
+                SendMark::default,
+            ) {
+                Ok(mark) => {
+                    return SendTicket {
+                        origin: self.origin,
+                        mark,
+                    }
+                }
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
         }
     }
 
@@ -594,7 +735,9 @@ mod tests {
         let mut t = Duration::ZERO;
         let mut asleep_until = Duration::ZERO;
         while t < Duration::from_secs(5) {
-            if t >= asleep_until && take_account(&limiter, &mut window, &mut spacing, t).is_ok() {
+            if t >= asleep_until
+                && take_account(&limiter, &mut window, &mut spacing, t, || SendMark::at(t)).is_ok()
+            {
                 times.push(t);
                 asleep_until = t + late(times.len());
                 continue;
@@ -671,23 +814,91 @@ mod tests {
 
     #[test]
     fn the_send_window_waits_for_the_oldest_send_to_age_out() {
+        let ms = Duration::from_millis;
         let mut w = SendWindow::new(3);
-        for ms in [0, 10, 20] {
-            assert_eq!(w.wait(Duration::from_millis(ms)), None);
-            w.record(Duration::from_millis(ms));
+        for t in [0, 10, 20] {
+            assert_eq!(w.wait(ms(t)), None);
+            w.record(SendMark::at(ms(t)));
         }
-        assert_eq!(
-            w.wait(Duration::from_millis(500)),
-            Some(Duration::from_millis(500))
-        );
-        assert_eq!(w.wait(Duration::from_millis(1000)), None);
-        w.record(Duration::from_millis(1000));
-        assert_eq!(
-            w.wait(Duration::from_millis(1000)),
-            Some(Duration::from_millis(10))
-        );
+        assert_eq!(w.wait(ms(500)), Some(ms(500)));
+        assert_eq!(w.wait(ms(1000)), None);
+        w.record(SendMark::at(ms(1000)));
+        assert_eq!(w.wait(ms(1000)), Some(ms(10)));
         w.set_limit(5);
-        assert_eq!(w.wait(Duration::from_millis(1000)), None);
+        assert_eq!(w.wait(ms(1000)), None);
+        w.set_limit(1);
+        assert_eq!(
+            w.wait(ms(1500)),
+            Some(ms(500)),
+            "a lower limit waits longer"
+        );
+    }
+
+    #[test]
+    fn a_call_counts_from_its_permit_until_a_second_after_it_was_written() {
+        let ms = Duration::from_millis;
+        let origin = Instant::now();
+        let mut w = SendWindow::new(1);
+        let ticket = SendTicket {
+            origin,
+            mark: SendMark::default(),
+        };
+        w.record(ticket.mark.clone());
+        // Not written yet (a connection being set up): it holds its place however long.
+        assert_eq!(w.wait(ms(1500)), Some(UNWRITTEN_POLL));
+        assert_eq!(ticket.watch().written_at(), None);
+        // Written 900 ms after the origin: free a second after that, not after the permit.
+        ticket.mark.set(ms(900));
+        assert_eq!(ticket.watch().written_at(), Some(origin + ms(900)));
+        assert_eq!(w.wait(ms(1500)), Some(ms(400)));
+        assert_eq!(w.wait(ms(1900)), None);
+        // Dropping a written ticket changes nothing.
+        drop(ticket);
+        w.record(SendMark::at(ms(1900)));
+        assert_eq!(w.wait(ms(2000)), Some(ms(900)));
+    }
+
+    #[test]
+    fn a_call_given_up_before_it_was_written_leaves_the_window() {
+        let ms = Duration::from_millis;
+        let mut w = SendWindow::new(2);
+        let given_up = SendTicket::unpaced();
+        w.record(given_up.mark.clone());
+        w.record(SendMark::at(ms(10)));
+        assert_eq!(w.wait(ms(20)), Some(UNWRITTEN_POLL));
+        drop(given_up);
+        assert_eq!(w.wait(ms(20)), None, "the never-sent call no longer counts");
+    }
+
+    #[test]
+    fn a_call_written_out_of_order_still_counts_until_the_ones_before_it_age_out() {
+        let ms = Duration::from_millis;
+        let mut w = SendWindow::new(2);
+        let first = SendMark::default();
+        w.record(first.clone());
+        w.record(SendMark::at(ms(5))); // the second permit's call left first
+        first.set(ms(40));
+        assert_eq!(
+            w.wait(ms(1010)),
+            Some(ms(30)),
+            "both count until the first ages out"
+        );
+        assert_eq!(w.wait(ms(1040)), None);
+    }
+
+    #[tokio::test]
+    async fn the_pacer_hands_out_tickets_that_the_window_counts() {
+        let mut pacer = Pacer::new(&limits(10, 1));
+        let ticket = pacer.until_ready().await;
+        assert_eq!(pacer.window.sends.len(), 1);
+        ticket.writing();
+        let written = ticket.watch().written_at().expect("stamped");
+        assert!(written <= Instant::now());
+        let unsent = pacer.until_ready().await;
+        let watch = unsent.watch();
+        drop(unsent);
+        assert!(watch.given_up());
+        assert_eq!(pacer.window.sends.len(), 2);
     }
 
     #[test]

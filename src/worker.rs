@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::dispatcher::{self, Heartbeat};
 use crate::job::{self, Job, Status};
-use crate::limiter::Pacer;
+use crate::limiter::{Pacer, SendTicket};
 use crate::outcome::{classify, Classified, Outcome, PauseScope};
 use crate::queue::{self, Completion};
 use crate::retry;
@@ -304,12 +304,12 @@ impl Dispatcher {
                 Some(r) = self.results_rx.recv() => { self.handle(r); continue; }
                 _ = shutdown.cancelled() => return Ok(()),
             };
-            tokio::select! {
-                _ = self.pacer.until_ready() => {}
+            let ticket = tokio::select! {
+                ticket = self.pacer.until_ready() => ticket,
                 _ = shutdown.cancelled() => return Ok(()),
-            }
+            };
             let Some(job) = self.pick() else {
-                drop(permit);
+                drop((permit, ticket));
                 // Every buffered job waits on its instance's cap.
                 let wait = self.shortest_instance_wait();
                 tokio::select! {
@@ -318,7 +318,7 @@ impl Dispatcher {
                 }
                 continue;
             };
-            self.send(job, permit, unrecorded);
+            self.send(job, permit, unrecorded, ticket);
         }
     }
 
@@ -398,7 +398,13 @@ impl Dispatcher {
             .max(Duration::from_millis(1))
     }
 
-    fn send(&mut self, job: Job, slot: OwnedSemaphorePermit, unrecorded: OwnedSemaphorePermit) {
+    fn send(
+        &mut self,
+        job: Job,
+        slot: OwnedSemaphorePermit,
+        unrecorded: OwnedSemaphorePermit,
+        ticket: SendTicket,
+    ) {
         self.in_flight += 1;
         let client = self.client.clone();
         let results = self.results_tx.clone();
@@ -406,7 +412,9 @@ impl Dispatcher {
         let sent_ms = now_ms();
         tracing::debug!(job.id = job.id, job.instance = %job.instance_id, job.client = %job.client_id, job.attempt = job.attempts + 1, "calling");
         tokio::spawn(async move {
-            let answer = client.unregister(&job.instance_id, &job.client_id).await;
+            let answer = client
+                .unregister(&job.instance_id, &job.client_id, ticket)
+                .await;
             drop(slot);
             let classified = classify(&answer);
             let _ = results.send(CallResult {

@@ -2,11 +2,15 @@
 //! headers we use, body) or the transport error; it never interprets codes. One pooled HTTP client
 //! is built at start-up and shared; every call gets a fresh timestamp, nonce and signature.
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{CONTENT_LENGTH, USER_AGENT};
 use hyper::Request;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -17,6 +21,7 @@ use rand::RngCore;
 use super::signer::{self, sign_v2, sign_v3, CallToSign};
 use super::{ACTION, API_VERSION};
 use crate::config::{Credentials, Settings, SignatureVersion};
+use crate::limiter::SendTicket;
 
 /// An HTTP answer, whatever its status.
 #[derive(Debug, Clone)]
@@ -42,10 +47,38 @@ pub enum TransportError {
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// A call's empty request body, carrying its send ticket. hyper asks a request's body whether
+/// it has ended just as its connection takes the request to write the head, and flushes the
+/// head to the socket in the same turn: that moment stamps the ticket, so the pacer's window
+/// counts the call from when it left, not from its permit. (hyper 1 asks nowhere else on
+/// this path; the client's tests pin the stamp between the permit and the peer's read.)
+struct StampedEmpty(SendTicket);
+
+impl Body for StampedEmpty {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.writing();
+        true
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(0)
+    }
+}
+
 /// The signed-call client: endpoint, credentials and scheme fixed at start-up.
 #[derive(Clone)]
 pub struct ApiClient {
-    http: Client<Connector, Empty<Bytes>>,
+    http: Client<Connector, StampedEmpty>,
     /// `scheme://authority/path?`: each call appends its query.
     url_prefix: Arc<str>,
     host: String,
@@ -107,11 +140,13 @@ impl ApiClient {
         &self.credentials.access_key_id
     }
 
-    /// Sends one call for `(instance_id, client_id)`, signed now.
+    /// Sends one call for `(instance_id, client_id)`, signed now. `ticket` is stamped as the
+    /// request goes to its socket (or dropped unstamped when it never does).
     pub async fn unregister(
         &self,
         instance_id: &str,
         client_id: &str,
+        ticket: SendTicket,
     ) -> Result<Answer, TransportError> {
         let timestamp = signer::timestamp(chrono::Utc::now());
         let mut nonce_bytes = [0u8; 16];
@@ -141,7 +176,7 @@ impl ApiClient {
             request = request.header(*name, value);
         }
         let request = request
-            .body(Empty::new())
+            .body(StampedEmpty(ticket))
             .map_err(|e| TransportError::Broken(format!("cannot build the request: {e}")))?;
         let exchange = async {
             let response = self.http.request(request).await.map_err(transport_error)?;
@@ -194,6 +229,7 @@ fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::time::Instant;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -221,9 +257,9 @@ mod tests {
         ApiClient::new(&settings, credentials).expect("client")
     }
 
-    /// Accepts one connection, returns what the peer sent (up to the blank line) after writing
-    /// `answer`.
-    async fn one_exchange(listener: TcpListener, answer: &'static [u8]) -> String {
+    /// Accepts one connection, returns what the peer sent (up to the blank line) and when it
+    /// had read it, after writing `answer`.
+    async fn one_exchange(listener: TcpListener, answer: &'static [u8]) -> (String, Instant) {
         let (mut socket, _) = listener.accept().await.unwrap();
         let mut seen = Vec::new();
         let mut buf = [0u8; 4096];
@@ -234,8 +270,9 @@ mod tests {
             }
             seen.extend_from_slice(&buf[..n]);
         }
+        let read_at = Instant::now();
         socket.write_all(answer).await.unwrap();
-        String::from_utf8_lossy(&seen).into_owned()
+        (String::from_utf8_lossy(&seen).into_owned(), read_at)
     }
 
     #[tokio::test]
@@ -247,15 +284,26 @@ mod tests {
             b"HTTP/1.1 400 Bad Request\r\ncontent-length: 16\r\nx-acs-request-id: RID-1\r\n\
               x-acs-retry-after: 1500\r\n\r\n{\"Code\":\"Nope\"}\n",
         ));
+        let ticket = SendTicket::unpaced();
+        let watch = ticket.watch();
+        let asked = Instant::now();
         let answer = client(&format!("http://127.0.0.1:{port}"))
-            .unregister("post-cn-0pp12gl0001", "GID_a@@@dev-1")
+            .unregister("post-cn-0pp12gl0001", "GID_a@@@dev-1", ticket)
             .await
             .expect("an answer");
         assert_eq!(answer.status, 400);
         assert_eq!(answer.request_id.as_deref(), Some("RID-1"));
         assert_eq!(answer.retry_after, Some(Duration::from_millis(1500)));
         assert_eq!(&answer.body[..], b"{\"Code\":\"Nope\"}\n");
-        let request = peer.await.unwrap().to_ascii_lowercase();
+        let (request, read_at) = peer.await.unwrap();
+        // The ticket was stamped as the request left: after the call began, before the peer
+        // had read it.
+        let written = watch.written_at().expect("the ticket was stamped");
+        assert!(
+            asked <= written && written <= read_at,
+            "{asked:?} {written:?} {read_at:?}"
+        );
+        let request = request.to_ascii_lowercase();
         assert!(request.starts_with("post /?clientid="), "{request}");
         assert!(
             request.contains(&format!("\r\nhost: 127.0.0.1:{port}\r\n")),
@@ -284,13 +332,16 @@ mod tests {
                 .await
                 .unwrap();
         });
+        let ticket = SendTicket::unpaced();
+        let watch = ticket.watch();
         let result = client(&format!("https://127.0.0.1:{port}"))
-            .unregister("post-cn-0pp12gl0001", "GID_a@@@dev-1")
+            .unregister("post-cn-0pp12gl0001", "GID_a@@@dev-1", ticket)
             .await;
         assert!(
             matches!(result, Err(TransportError::Connect(_))),
             "{result:?}"
         );
+        assert!(watch.given_up(), "never written: out of the send window");
         peer.abort();
     }
 
@@ -303,10 +354,13 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(10)).await;
             drop(socket);
         });
+        let ticket = SendTicket::unpaced();
+        let watch = ticket.watch();
         let result = client(&format!("http://127.0.0.1:{port}"))
-            .unregister("post-cn-0pp12gl0001", "GID_a@@@dev-1")
+            .unregister("post-cn-0pp12gl0001", "GID_a@@@dev-1", ticket)
             .await;
         assert!(matches!(result, Err(TransportError::Timeout)), "{result:?}");
+        assert!(watch.written_at().is_some(), "written, then no answer");
         peer.abort();
     }
 }
