@@ -39,6 +39,8 @@ struct Sizes {
     pacing_repeats: usize,
     headroom_batched: usize,
     headroom_single: usize,
+    /// Headroom rounds (batched, then one job per transaction); medians are reported.
+    headroom_repeats: usize,
     submit_ids: usize,
     /// Bulk-submit rounds (deregd, then sqlite3's imports); medians are reported.
     submit_repeats: usize,
@@ -51,6 +53,7 @@ const FULL: Sizes = Sizes {
     pacing_repeats: 3,
     headroom_batched: 200_000,
     headroom_single: 20_000,
+    headroom_repeats: 3,
     submit_ids: 1_000_000,
     submit_repeats: 3,
     memory_secs: 60,
@@ -62,6 +65,7 @@ const QUICK: Sizes = Sizes {
     pacing_repeats: 1,
     headroom_batched: 20_000,
     headroom_single: 2_000,
+    headroom_repeats: 1,
     submit_ids: 50_000,
     submit_repeats: 1,
     memory_secs: 10,
@@ -716,13 +720,33 @@ fn headroom_section(dir: &Path, sizes: &Sizes, report: &mut Report) -> Result<()
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let batched = rt.block_on(headroom(
-        dir,
-        "batched",
-        sizes.headroom_batched,
-        HEADROOM_BATCH,
-    ))?;
-    let single = rt.block_on(headroom(dir, "single", sizes.headroom_single, 1))?;
+    let (mut batched, mut single) = (Vec::new(), Vec::new());
+    for round in 0..sizes.headroom_repeats {
+        let label = |kind: &str| format!("{kind}-{round}");
+        batched.push(rt.block_on(headroom(
+            dir,
+            &label("batched"),
+            sizes.headroom_batched,
+            HEADROOM_BATCH,
+        ))?);
+        single.push(rt.block_on(headroom(dir, &label("single"), sizes.headroom_single, 1))?);
+    }
+    if batched.len() > 1 {
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        report.detail(format!(
+            "queue headroom, {} rounds (the table has the medians): batched {} jobs/s; one job \
+             per transaction {} jobs/s",
+            batched.len(),
+            list(&batched),
+            list(&single),
+        ));
+    }
+    let (batched, single) = (median(&batched), median(&single));
     report.add(
         "Queue headroom",
         &format!("claim + complete, batches of {HEADROOM_BATCH}, jobs/s"),
