@@ -172,8 +172,8 @@ fn take_account<C: Clock>(
 }
 
 /// When one call was written to its socket, shared between the send window and the call's
-/// [`SendTicket`]: nanoseconds since the pacer's origin plus one, [`SendMark::PENDING`] until
-/// then, [`SendMark::UNSENT`] when the call was given up before it was written.
+/// [`SendTicket`]: nanoseconds since the pacer's origin plus one; zero until then, all ones when
+/// the call was given up before it was written.
 #[derive(Debug, Clone, Default)]
 pub struct SendMark(Arc<AtomicU64>);
 
