@@ -27,8 +27,10 @@ pub const PACING_MARGIN: f64 = 0.001;
 /// per-instance caps count calls by permit time, so they keep this much room.
 pub const ARRIVAL_JITTER: Duration = Duration::from_millis(5);
 /// How often the send window looks again at a full second whose oldest call has its permit but
-/// has not reached its socket yet (a connection still being set up).
-const UNWRITTEN_POLL: Duration = Duration::from_millis(1);
+/// has not reached its socket yet (a connection still being set up). Written, that call would
+/// hold its place for a second more; only its being given up (a connect error) frees it sooner,
+/// and that is what the window looks for.
+const UNWRITTEN_POLL: Duration = Duration::from_millis(10);
 /// How far behind its schedule the account limiter may fall and still make the calls up (the
 /// host descheduled the daemon for a while, a slow write): calls missed within it are made up
 /// at up to twice the rate, as far as the send window has room. Beyond it they are lost to the
