@@ -175,6 +175,7 @@ impl Emulator {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding emulator to {}", settings.listen))?;
+        stamp::stamp_listener(&listener);
         let addr = listener.local_addr()?;
         let keys: HashMap<String, AccessKey> = settings
             .keys

@@ -71,19 +71,8 @@ impl StampedStream {
     /// Turns receive stamps on for `inner`. If the socket refuses the option, reads still work
     /// and [`LastReceive::get`] stays `None`.
     pub fn new(inner: TcpStream) -> (StampedStream, LastReceive) {
-        let on: libc::c_int = 1;
-        // SAFETY: a valid open socket and a c_int option value of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                inner.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_TIMESTAMPNS,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            tracing::debug!(error = %io::Error::last_os_error(), "emulator: no receive stamps");
+        if let Err(error) = receive_stamps_on(inner.as_raw_fd()) {
+            tracing::debug!(%error, "emulator: no receive stamps");
         }
         let last = LastReceive::default();
         (
@@ -93,6 +82,35 @@ impl StampedStream {
             },
             last,
         )
+    }
+}
+
+/// Asks the kernel for receive stamps on `fd` (`SO_TIMESTAMPNS`).
+fn receive_stamps_on(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid open socket and a c_int option value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Asks for receive stamps on the listening socket as soon as it is bound. The kernel turns
+/// stamping on for everyone a moment after the first socket asks, so asking only when the first
+/// connection comes in would leave that connection's first requests unstamped.
+pub fn stamp_listener(listener: &tokio::net::TcpListener) {
+    if let Err(error) = receive_stamps_on(listener.as_raw_fd()) {
+        tracing::debug!(%error, "emulator: no receive stamps on the listener");
     }
 }
 
@@ -197,6 +215,37 @@ impl AsyncWrite for StampedStream {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn timestamps_on(fd: RawFd) -> bool {
+        let mut on: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid open socket, a c_int buffer and its size.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&mut on as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        rc == 0 && on != 0
+    }
+
+    /// Stamping is asked for when the emulator binds, before any connection comes in, and the
+    /// connections it accepts carry the option from the start.
+    #[tokio::test]
+    async fn the_listener_asks_for_stamps_before_the_first_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        assert!(!timestamps_on(listener.as_raw_fd()));
+        stamp_listener(&listener);
+        assert!(timestamps_on(listener.as_raw_fd()));
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert!(timestamps_on(server.as_raw_fd()), "inherited on accept");
+    }
 
     /// Bytes that wait in the socket while the reader is busy keep the time they arrived.
     #[tokio::test]
