@@ -192,7 +192,8 @@ impl SendMark {
     const UNSENT: u64 = u64::MAX;
 
     /// A call written at `at` (since the origin).
-    pub fn at(at: Duration) -> SendMark {
+    #[cfg(test)]
+    fn at(at: Duration) -> SendMark {
         let mark = SendMark::default();
         mark.set(at);
         mark
@@ -200,11 +201,8 @@ impl SendMark {
 
     /// The latest write wins: a request retried on a fresh connection counts when it left.
     fn set(&self, at: Duration) {
-        let nanos = u64::try_from(at.as_nanos()).unwrap_or(u64::MAX - 1);
-        self.0.store(
-            nanos.saturating_add(1).min(Self::UNSENT - 1),
-            Ordering::Relaxed,
-        );
+        let stamp = (at.as_nanos() + 1).min(u128::from(Self::UNSENT - 1)) as u64;
+        self.0.store(stamp, Ordering::Relaxed);
     }
 
     fn give_up(&self) {
@@ -236,8 +234,9 @@ pub struct SendTicket {
 }
 
 impl SendTicket {
-    /// A ticket outside any pacer (a one-off call): its mark goes nowhere.
-    pub fn unpaced() -> SendTicket {
+    /// A ticket outside any pacer (a test's one-off call): its mark goes nowhere.
+    #[cfg(test)]
+    pub(crate) fn unpaced() -> SendTicket {
         SendTicket {
             origin: Instant::now(),
             mark: SendMark::default(),
