@@ -448,8 +448,8 @@ const FLOOR_CLIENT: &str = "--floor-client";
 /// deregd's, and a late tick delays the ones after it rather than bunching them. Arguments:
 /// `ADDR CALLS CAP`.
 fn floor_client(args: &[String]) -> Result<()> {
-    use deregd::api::signer::{sign_v3, CallToSign};
-    use std::sync::{Arc, Mutex};
+    use deregd::api::signer::{sign_v3, CallToSign, SigningKey};
+    use std::sync::{Arc, LazyLock, Mutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let [addr, calls, cap] = args else {
@@ -459,6 +459,9 @@ fn floor_client(args: &[String]) -> Result<()> {
     let cap: f64 = cap.parse()?;
     let addr: Arc<str> = addr.as_str().into();
     let idle: Arc<Mutex<Vec<tokio::net::TcpStream>>> = Arc::default();
+
+    /// Made once, as deregd's client makes it.
+    static KEY: LazyLock<SigningKey> = LazyLock::new(|| SigningKey::v3("testsecret"));
 
     async fn call(addr: &str, idle: &Mutex<Vec<tokio::net::TcpStream>>, i: usize) -> Result<()> {
         let reused = idle.lock().expect("not poisoned").pop();
@@ -470,7 +473,7 @@ fn floor_client(args: &[String]) -> Result<()> {
                 conn
             }
         };
-        let timestamp = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let timestamp = deregd::api::signer::timestamp(chrono::Utc::now());
         let nonce = format!("{:032x}", rand::random::<u128>());
         let client = format!("GID_fleet@@@floor-{i}");
         let params = [("ClientId", client.as_str()), ("InstanceId", INSTANCE)];
@@ -480,7 +483,7 @@ fn floor_client(args: &[String]) -> Result<()> {
             version: "2020-04-20",
             params: &params,
             access_key_id: "testid",
-            access_key_secret: "testsecret",
+            key: &KEY,
             security_token: None,
             timestamp: &timestamp,
             nonce: &nonce,

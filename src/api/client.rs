@@ -11,14 +11,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{CONTENT_LENGTH, USER_AGENT};
-use hyper::Request;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, USER_AGENT};
+use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rand::RngCore;
 
-use super::signer::{self, sign_v2, sign_v3, CallToSign};
+use super::signer::{self, sign_v2, sign_v3, CallToSign, SigningKey};
 use super::{ACTION, API_VERSION};
 use crate::config::{Credentials, Settings, SignatureVersion};
 use crate::limiter::SendTicket;
@@ -83,6 +83,8 @@ pub struct ApiClient {
     url_prefix: Arc<str>,
     host: String,
     credentials: Credentials,
+    /// The AccessKeySecret, made ready once for the scheme in use.
+    key: Arc<SigningKey>,
     signature: SignatureVersion,
     timeout: Duration,
 }
@@ -125,11 +127,17 @@ impl ApiClient {
             .pool_idle_timeout(Duration::from_secs(50))
             .pool_max_idle_per_host(settings.limits.max_in_flight as usize)
             .build(connector);
+        let secret = credentials.access_key_secret.expose();
+        let key = Arc::new(match settings.api.signature {
+            SignatureVersion::V3 => SigningKey::v3(secret),
+            SignatureVersion::V2 => SigningKey::v2(secret),
+        });
         Ok(ApiClient {
             http,
             url_prefix,
             host,
             credentials,
+            key,
             signature: settings.api.signature,
             timeout: settings.request_timeout(),
         })
@@ -159,7 +167,7 @@ impl ApiClient {
             version: API_VERSION,
             params: &params,
             access_key_id: &self.credentials.access_key_id,
-            access_key_secret: self.credentials.access_key_secret.expose(),
+            key: &self.key,
             security_token: self.credentials.security_token.as_ref().map(|s| s.expose()),
             timestamp: &timestamp,
             nonce: &nonce,
@@ -169,15 +177,25 @@ impl ApiClient {
             SignatureVersion::V2 => sign_v2(&call),
         };
         let uri = format!("{}{}", self.url_prefix, signed.query);
-        let mut request = Request::post(uri)
-            .header(CONTENT_LENGTH, "0")
-            .header(USER_AGENT, concat!("deregd/", env!("CARGO_PKG_VERSION")));
+        let bad_request = |e: &dyn std::fmt::Display| {
+            TransportError::Broken(format!("cannot build the request: {e}"))
+        };
+        // The request is put together in place: the builder would move it on every header.
+        let mut request = Request::new(StampedEmpty(ticket));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = Uri::try_from(uri).map_err(|e| bad_request(&e))?;
+        let headers = request.headers_mut();
+        headers.reserve(2 + signed.headers.len());
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("deregd/", env!("CARGO_PKG_VERSION"))),
+        );
         for (name, value) in &signed.headers {
-            request = request.header(*name, value);
+            // The signer's names are lower-case constants: no parse or copy of the name.
+            let value = HeaderValue::from_str(value).map_err(|e| bad_request(&e))?;
+            headers.insert(HeaderName::from_static(name), value);
         }
-        let request = request
-            .body(StampedEmpty(ticket))
-            .map_err(|e| TransportError::Broken(format!("cannot build the request: {e}")))?;
         let exchange = async {
             let response = self.http.request(request).await.map_err(transport_error)?;
             let (head, body) = response.into_parts();

@@ -2,6 +2,8 @@
 //! V3 `ACS3-HMAC-SHA256` (header `Authorization`) and V2 RPC `HMAC-SHA1` (query `Signature`).
 //! Each attempt is signed anew with its own timestamp and nonce. Pinned by API.md's vectors.
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use ring::{digest, hmac};
@@ -15,7 +17,12 @@ const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
 
 /// The vendor's percent-encoding (RFC 3986 unreserved kept, UTF-8 bytes escaped).
 pub fn percent_encode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, UNRESERVED).to_string()
+    encode(text).into_owned()
+}
+
+/// [`percent_encode`], borrowing `text` when nothing in it needs escaping.
+fn encode(text: &str) -> Cow<'_, str> {
+    percent_encoding::utf8_percent_encode(text, UNRESERVED).into()
 }
 
 /// Hex sha256 of an empty body.
@@ -24,10 +31,8 @@ pub const EMPTY_BODY_SHA256: &str =
 
 /// `name=value` pairs percent-encoded, sorted by encoded name, joined with `&`.
 pub fn canonical_query(params: &[(&str, &str)]) -> String {
-    let mut encoded: Vec<(String, String)> = params
-        .iter()
-        .map(|(k, v)| (percent_encode(k), percent_encode(v)))
-        .collect();
+    let mut encoded: Vec<(Cow<'_, str>, Cow<'_, str>)> =
+        params.iter().map(|(k, v)| (encode(k), encode(v))).collect();
     encoded.sort();
     let mut out = String::with_capacity(encoded.iter().map(|(k, v)| k.len() + v.len() + 2).sum());
     for (i, (k, v)) in encoded.iter().enumerate() {
@@ -49,40 +54,86 @@ pub fn v3_canonical_request(
     headers: &[(&str, &str)],
     body_sha256: &str,
 ) -> (String, String) {
-    let mut lowered: Vec<(String, &str)> = headers
+    let mut lowered: Vec<(Cow<'_, str>, &str)> = headers
         .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim()))
+        .map(|(k, v)| {
+            let k = if k.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(k.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(*k)
+            };
+            (k, v.trim())
+        })
         .collect();
     lowered.sort();
-    let mut canonical_headers = String::new();
-    for (k, v) in &lowered {
-        canonical_headers.push_str(k);
-        canonical_headers.push(':');
-        canonical_headers.push_str(v);
-        canonical_headers.push('\n');
+    let names: usize = lowered.iter().map(|(k, _)| k.len() + 1).sum();
+    let values: usize = lowered.iter().map(|(_, v)| v.len() + 2).sum();
+    let mut signed_headers = String::with_capacity(names);
+    for (i, (k, _)) in lowered.iter().enumerate() {
+        if i > 0 {
+            signed_headers.push(';');
+        }
+        signed_headers.push_str(k);
     }
-    let signed: Vec<&str> = lowered.iter().map(|(k, _)| k.as_str()).collect();
-    let signed_headers = signed.join(";");
-    let canonical =
-        format!("{method}\n/\n{query}\n{canonical_headers}\n{signed_headers}\n{body_sha256}");
+    let mut canonical = String::with_capacity(
+        method.len() + query.len() + names + values + signed_headers.len() + body_sha256.len() + 6,
+    );
+    for part in [method, "\n/\n", query, "\n"] {
+        canonical.push_str(part);
+    }
+    for (k, v) in &lowered {
+        for part in [k.as_ref(), ":", v, "\n"] {
+            canonical.push_str(part);
+        }
+    }
+    for part in ["\n", &signed_headers, "\n", body_sha256] {
+        canonical.push_str(part);
+    }
     (canonical, signed_headers)
 }
 
 /// V3: `ACS3-HMAC-SHA256\n` + hex(sha256(canonical request)).
 pub fn v3_string_to_sign(canonical_request: &str) -> String {
-    format!(
-        "ACS3-HMAC-SHA256\n{}",
-        hex::encode(digest::digest(
-            &digest::SHA256,
-            canonical_request.as_bytes()
-        ))
-    )
+    const PREFIX: &str = "ACS3-HMAC-SHA256\n";
+    let hash = digest::digest(&digest::SHA256, canonical_request.as_bytes());
+    let mut out = String::with_capacity(PREFIX.len() + 64);
+    out.push_str(PREFIX);
+    out.push_str(&hex::encode(hash));
+    out
 }
 
-/// V3: hex(hmac_sha256(secret, string to sign)).
-pub fn v3_signature(secret: &str, string_to_sign: &str) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    hex::encode(hmac::sign(&key, string_to_sign.as_bytes()))
+/// An AccessKeySecret made ready for one scheme's HMAC. ring pads the key into the HMAC's inner
+/// and outer blocks when the key is made: made once per client, that is two SHA-256 blocks a
+/// call less than making it for every signature. Its `Debug` never shows the key.
+pub struct SigningKey(hmac::Key);
+
+impl SigningKey {
+    /// V3 (`ACS3-HMAC-SHA256`): keyed with the secret itself.
+    pub fn v3(secret: &str) -> SigningKey {
+        SigningKey(hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()))
+    }
+
+    /// V2 (`HMAC-SHA1`): keyed with the secret followed by `&`.
+    pub fn v2(secret: &str) -> SigningKey {
+        let mut key = String::with_capacity(secret.len() + 1);
+        key.push_str(secret);
+        key.push('&');
+        SigningKey(hmac::Key::new(
+            hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+            key.as_bytes(),
+        ))
+    }
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(***)")
+    }
+}
+
+/// V3: hex(hmac_sha256(secret, string to sign)), with a [`SigningKey::v3`].
+pub fn v3_signature(key: &SigningKey, string_to_sign: &str) -> String {
+    hex::encode(hmac::sign(&key.0, string_to_sign.as_bytes()))
 }
 
 /// V2: `METHOD&%2F&` + pe(canonical query).
@@ -90,13 +141,9 @@ pub fn v2_string_to_sign(method: &str, canonical_query: &str) -> String {
     format!("{method}&%2F&{}", percent_encode(canonical_query))
 }
 
-/// V2: base64(hmac_sha1(secret + "&", string to sign)).
-pub fn v2_signature(secret: &str, string_to_sign: &str) -> String {
-    let mut key = String::with_capacity(secret.len() + 1);
-    key.push_str(secret);
-    key.push('&');
-    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(hmac::sign(&key, string_to_sign.as_bytes()))
+/// V2: base64(hmac_sha1(secret + "&", string to sign)), with a [`SigningKey::v2`].
+pub fn v2_signature(key: &SigningKey, string_to_sign: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(hmac::sign(&key.0, string_to_sign.as_bytes()))
 }
 
 /// The signing timestamp, `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds). chrono's fixed RFC 3339
@@ -107,11 +154,12 @@ pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
 
 /// What one signed call needs: the query string and the headers to send.
 #[derive(Debug)]
-pub struct SignedRequest {
+pub struct SignedRequest<'a> {
     /// The URL query, already percent-encoded.
     pub query: String,
-    /// Headers to send (the V3 signed set plus `Authorization`; none for V2).
-    pub headers: Vec<(&'static str, String)>,
+    /// Headers to send, lower-case names (the V3 signed set but `host`, which the HTTP client
+    /// sets from the URL, plus `authorization`; none for V2).
+    pub headers: Vec<(&'static str, Cow<'a, str>)>,
 }
 
 /// The fixed parts of one call.
@@ -122,7 +170,8 @@ pub struct CallToSign<'a> {
     /// Business parameters (ClientId, InstanceId).
     pub params: &'a [(&'a str, &'a str)],
     pub access_key_id: &'a str,
-    pub access_key_secret: &'a str,
+    /// The AccessKeySecret, made ready for the scheme in use.
+    pub key: &'a SigningKey,
     pub security_token: Option<&'a str>,
     /// `YYYY-MM-DDTHH:MM:SSZ`, UTC.
     pub timestamp: &'a str,
@@ -130,38 +179,42 @@ pub struct CallToSign<'a> {
     pub nonce: &'a str,
 }
 
-/// Signs a `POST /` with an empty body, V3.
-pub fn sign_v3(call: &CallToSign<'_>) -> SignedRequest {
+/// Signs a `POST /` with an empty body, V3. `call.key` is a [`SigningKey::v3`].
+pub fn sign_v3<'a>(call: &CallToSign<'a>) -> SignedRequest<'a> {
     let query = canonical_query(call.params);
-    let mut headers: Vec<(&'static str, String)> = vec![
-        ("host", call.host.to_string()),
-        ("x-acs-action", call.action.to_string()),
-        ("x-acs-content-sha256", EMPTY_BODY_SHA256.to_string()),
-        ("x-acs-date", call.timestamp.to_string()),
-        ("x-acs-signature-nonce", call.nonce.to_string()),
-        ("x-acs-version", call.version.to_string()),
+    let mut signed: Vec<(&'static str, &'a str)> = vec![
+        ("host", call.host),
+        ("x-acs-action", call.action),
+        ("x-acs-content-sha256", EMPTY_BODY_SHA256),
+        ("x-acs-date", call.timestamp),
+        ("x-acs-signature-nonce", call.nonce),
+        ("x-acs-version", call.version),
     ];
     if let Some(token) = call.security_token {
-        headers.push(("x-acs-security-token", token.to_string()));
+        signed.push(("x-acs-security-token", token));
     }
-    let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (canonical, signed_headers) =
-        v3_canonical_request("POST", &query, &pairs, EMPTY_BODY_SHA256);
-    let signature = v3_signature(call.access_key_secret, &v3_string_to_sign(&canonical));
+        v3_canonical_request("POST", &query, &signed, EMPTY_BODY_SHA256);
+    let signature = v3_signature(call.key, &v3_string_to_sign(&canonical));
+    // The HTTP client sets Host from the URL.
+    let mut headers: Vec<(&'static str, Cow<'a, str>)> = signed
+        .into_iter()
+        .filter(|(k, _)| *k != "host")
+        .map(|(k, v)| (k, Cow::Borrowed(v)))
+        .collect();
     headers.push((
         "authorization",
-        format!(
+        Cow::Owned(format!(
             "ACS3-HMAC-SHA256 Credential={},SignedHeaders={signed_headers},Signature={signature}",
             call.access_key_id
-        ),
+        )),
     ));
-    // The HTTP client sets Host from the URL.
-    headers.retain(|(k, _)| *k != "host");
     SignedRequest { query, headers }
 }
 
-/// Signs a `POST /` with an empty body, V2 (all parameters in the query string).
-pub fn sign_v2(call: &CallToSign<'_>) -> SignedRequest {
+/// Signs a `POST /` with an empty body, V2 (all parameters in the query string). `call.key` is
+/// a [`SigningKey::v2`].
+pub fn sign_v2<'a>(call: &CallToSign<'a>) -> SignedRequest<'a> {
     let mut params: Vec<(&str, &str)> = vec![
         ("Action", call.action),
         ("Version", call.version),
@@ -177,10 +230,7 @@ pub fn sign_v2(call: &CallToSign<'_>) -> SignedRequest {
     }
     params.extend_from_slice(call.params);
     let canonical = canonical_query(&params);
-    let signature = v2_signature(
-        call.access_key_secret,
-        &v2_string_to_sign("POST", &canonical),
-    );
+    let signature = v2_signature(call.key, &v2_string_to_sign("POST", &canonical));
     let query = format!("{canonical}&Signature={}", percent_encode(&signature));
     SignedRequest {
         query,
@@ -229,24 +279,24 @@ mod tests {
             "GET&%2F&AccessKeyId%3Dtestid%26Action%3DDescribeRegions%26Format%3DXML%26SignatureMethod%3DHMAC-SHA1%26SignatureNonce%3D3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf%26SignatureVersion%3D1.0%26Timestamp%3D2016-02-23T12%253A46%253A24Z%26Version%3D2014-05-26"
         );
         assert_eq!(
-            v2_signature("testsecret", &sts),
+            v2_signature(&SigningKey::v2("testsecret"), &sts),
             "OLeaidS1JvxuMvnyHOwuJ+uX5qY="
         );
         let post = v2_string_to_sign("POST", &canonical);
         assert_eq!(
-            v2_signature("testsecret", &post),
+            v2_signature(&SigningKey::v2("testsecret"), &post),
             "MxbnVAM4w6sft9xjVpe/GCKueuk="
         );
     }
 
-    fn vector_call<'a>(params: &'a [(&'a str, &'a str)]) -> CallToSign<'a> {
+    fn vector_call<'a>(params: &'a [(&'a str, &'a str)], key: &'a SigningKey) -> CallToSign<'a> {
         CallToSign {
             host: "onsmqtt.cn-hangzhou.aliyuncs.com",
             action: "UnRegisterDeviceCredential",
             version: "2020-04-20",
             params,
             access_key_id: "testid",
-            access_key_secret: "testsecret",
+            key,
             security_token: None,
             timestamp: "2024-01-01T00:00:00Z",
             nonce: "0123456789abcdef0123456789abcdef",
@@ -260,7 +310,8 @@ mod tests {
 
     #[test]
     fn v2_reproduces_the_operation_vector() {
-        let signed = sign_v2(&vector_call(&OP_PARAMS));
+        let key = SigningKey::v2("testsecret");
+        let signed = sign_v2(&vector_call(&OP_PARAMS, &key));
         let expected = percent_encode("2dmkV/OOc6wbnv4gMWpGYViEpoI=");
         assert!(
             signed.query.ends_with(&format!("&Signature={expected}")),
@@ -281,7 +332,7 @@ mod tests {
         params.extend_from_slice(&OP_PARAMS);
         let sts = v2_string_to_sign("GET", &canonical_query(&params));
         assert_eq!(
-            v2_signature("testsecret", &sts),
+            v2_signature(&SigningKey::v2("testsecret"), &sts),
             "HLONpJBRxNJFnJPh+eVmqLyaDXk="
         );
     }
@@ -314,14 +365,41 @@ mod tests {
             "ACS3-HMAC-SHA256\n7ea06492da5221eba5297e897ce16e55f964061054b7695beedaac1145b1e259"
         );
         assert_eq!(
-            v3_signature("YourAccessKeySecret", &sts),
+            v3_signature(&SigningKey::v3("YourAccessKeySecret"), &sts),
             "06563a9e1b43f5dfe96b81484da74bceab24a1d853912eee15083a6f0f3283c0"
         );
     }
 
     #[test]
+    fn v3_canonical_headers_are_lower_cased_and_sorted_whatever_the_input() {
+        let lower = [("host", "h"), ("x-acs-date", " d "), ("x-acs-action", "A")];
+        let mixed = [("X-Acs-Date", "d"), ("Host", "h"), ("x-ACS-action", "A")];
+        let expected = v3_canonical_request("POST", "q=1", &lower, EMPTY_BODY_SHA256);
+        assert_eq!(
+            v3_canonical_request("POST", "q=1", &mixed, EMPTY_BODY_SHA256),
+            expected
+        );
+        assert_eq!(
+            expected.0,
+            format!("POST\n/\nq=1\nhost:h\nx-acs-action:A\nx-acs-date:d\n\nhost;x-acs-action;x-acs-date\n{EMPTY_BODY_SHA256}")
+        );
+    }
+
+    #[test]
+    fn a_signing_key_never_shows_its_secret() {
+        for key in [
+            SigningKey::v3("s3cret-value"),
+            SigningKey::v2("s3cret-value"),
+        ] {
+            let shown = format!("{key:?}");
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+    }
+
+    #[test]
     fn v3_reproduces_the_operation_vector() {
-        let signed = sign_v3(&vector_call(&OP_PARAMS));
+        let key = SigningKey::v3("testsecret");
+        let signed = sign_v3(&vector_call(&OP_PARAMS, &key));
         assert_eq!(
             signed.query,
             "ClientId=GID_test%40%40%40test&InstanceId=post-cn-0pp12gl%2A%2A%2A%2A"
@@ -342,7 +420,8 @@ mod tests {
 
     #[test]
     fn v3_signs_the_security_token_header() {
-        let mut call = vector_call(&OP_PARAMS);
+        let key = SigningKey::v3("testsecret");
+        let mut call = vector_call(&OP_PARAMS, &key);
         call.security_token = Some("tok");
         let signed = sign_v3(&call);
         let auth = &signed.headers.last().unwrap().1;
