@@ -64,6 +64,19 @@ pub struct Job {
     pub run: String,
     /// Calls already made for this job (before this one).
     pub attempts: i64,
+    /// Why the row cannot be a job at all (a column of the wrong type, such as a BLOB inserted
+    /// by hand): the job is rejected with this reason, never sent.
+    pub malformed: Option<String>,
+}
+
+impl Job {
+    /// Whether this job may be sent: its row is well-formed and its ids pass [`check`].
+    pub fn verdict(&self) -> Result<(), String> {
+        match &self.malformed {
+            Some(reason) => Err(reason.clone()),
+            None => check(&self.instance_id, &self.client_id),
+        }
+    }
 }
 
 /// Longest ClientId the API accepts, characters.

@@ -1,9 +1,8 @@
 //! All SQL on the `jobs` table's lifecycle: claim (lease), complete, reschedule, release, rescue.
-//! Invariants: a claim is ONE atomic `UPDATE ... RETURNING`; no transaction is ever held across a
-//! network call; an outcome is written only by the process that holds the job's lease, in the
-//! same short transaction as its `tps_usage` increment (see [`crate::billing`]).
-
-use sqlx::Row;
+//! Invariants: a claim is one short `BEGIN IMMEDIATE` transaction (read the due jobs, lease them);
+//! no transaction is ever held across a network call; an outcome is written only by the process
+//! that holds the job's lease, in the same short transaction as its `tps_usage` increment (see
+//! [`crate::billing`]).
 
 use crate::billing;
 use crate::clock::now_ms;
@@ -48,8 +47,15 @@ impl Completion {
     }
 }
 
-/// Claims up to `limit` due jobs for `owner`, leased until `lease_until` (unix ms).
-/// Jobs of the instances in `excluded` (paused ones) are left alone.
+/// Claims up to `limit` due jobs for `owner`, leased until `lease_until` (unix ms), in queue
+/// order. Jobs of the instances in `excluded` (paused ones) are left alone.
+///
+/// The due jobs come back as ONE row (a JSON array), read and leased in one `BEGIN IMMEDIATE`
+/// transaction: sqlx hands rows over from SQLite's thread one by one, and a claim of hundreds of
+/// rows woke the dispatcher's thread for most of them. A column that does not hold what it
+/// should (a BLOB an operator inserted by hand, say) comes back as `null` and the job as
+/// [`Job::malformed`], and text that is not UTF-8 comes back with U+FFFD in its place (which
+/// the job checks reject): such a job is rejected rather than stopping every claim.
 pub async fn claim(
     db: &Db,
     owner: &str,
@@ -59,34 +65,76 @@ pub async fn claim(
 ) -> sqlx::Result<Vec<Job>> {
     let now = now_ms();
     let excluded = serde_json::to_string(excluded).expect("strings serialize");
-    let rows = sqlx::query(
-        "UPDATE jobs SET status = 'running', lease_owner = ?1, lease_until = ?2, updated_at = ?3
-         WHERE id IN (SELECT id FROM jobs
-                      WHERE status = 'pending' AND next_attempt_at <= ?3
-                        AND instance_id NOT IN (SELECT value FROM json_each(?5))
-                      ORDER BY next_attempt_at, id LIMIT ?4)
-         RETURNING id, instance_id, client_id, run, attempts",
+    let mut tx = db.begin_write().await?;
+    let due: Vec<u8> = sqlx::query_scalar(
+        "SELECT json_group_array(json_array(id,
+                    CASE typeof(instance_id) WHEN 'text' THEN instance_id END,
+                    CASE typeof(client_id) WHEN 'text' THEN client_id END,
+                    CASE typeof(run) WHEN 'text' THEN run END,
+                    CASE typeof(attempts) WHEN 'integer' THEN attempts END))
+         FROM (SELECT id, instance_id, client_id, run, attempts FROM jobs
+               WHERE status = 'pending' AND next_attempt_at <= ?1
+                 AND instance_id NOT IN (SELECT value FROM json_each(?3))
+               ORDER BY next_attempt_at, id LIMIT ?2)",
     )
-    .bind(owner)
-    .bind(lease_until)
     .bind(now)
     .bind(limit)
     .bind(excluded)
-    .fetch_all(&db.writer)
+    .fetch_one(&mut *tx)
     .await?;
-    let mut jobs: Vec<Job> = rows
-        .into_iter()
-        .map(|r| Job {
-            id: r.get(0),
-            instance_id: r.get(1),
-            client_id: r.get(2),
-            run: r.get(3),
-            attempts: r.get(4),
-        })
-        .collect();
-    // RETURNING order is unspecified; keep the queue order.
+    let due = String::from_utf8_lossy(&due);
+    let rows: Vec<ClaimedRow> =
+        serde_json::from_str(&due).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    if !rows.is_empty() {
+        sqlx::query(
+            "UPDATE jobs SET status = 'running', lease_owner = ?1, lease_until = ?2,
+                 updated_at = ?3
+             WHERE id IN (SELECT value ->> 0 FROM json_each(?4))",
+        )
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(due.as_ref())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    let mut jobs: Vec<Job> = rows.into_iter().map(job_from_row).collect();
+    // The queue order, as the claim read it; among jobs due alike, the oldest first.
     jobs.sort_by_key(|j| j.id);
     Ok(jobs)
+}
+
+/// A claimed row: id, instance_id, client_id, run, attempts; `None` where the column does not
+/// hold its type.
+type ClaimedRow = (
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
+
+/// A claimed row as a [`Job`]; a column of the wrong type makes it [`Job::malformed`].
+fn job_from_row((id, instance_id, client_id, run, attempts): ClaimedRow) -> Job {
+    let wrong: Vec<&str> = [
+        ("instance_id is not text (a BLOB?)", instance_id.is_none()),
+        ("client_id is not text (a BLOB?)", client_id.is_none()),
+        ("run is not text (a BLOB?)", run.is_none()),
+        ("attempts is not an integer", attempts.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(what, wrong)| wrong.then_some(what))
+    .collect();
+    let malformed = (!wrong.is_empty()).then(|| format!("malformed row: {}", wrong.join("; ")));
+    Job {
+        id,
+        instance_id: instance_id.unwrap_or_default(),
+        client_id: client_id.unwrap_or_default(),
+        run: run.unwrap_or_default(),
+        attempts: attempts.unwrap_or(0),
+        malformed,
+    }
 }
 
 /// Writes a batch of completions in one `BEGIN IMMEDIATE` transaction, as two statements

@@ -430,13 +430,61 @@ async fn hostile_rows_are_refused_by_the_schema_or_rejected_and_never_sent() {
     // A control character the shell inserts itself.
     let out = sqlite3(&db, "INSERT INTO jobs (instance_id, client_id) VALUES ('post-cn-0pp12gl0001', 'GID_fleet@@@nul' || char(1) || 'x')").await;
     assert!(out.status.success());
+    // Values of the wrong type, which the shell lets through (SQLite columns have an affinity,
+    // not a type): BLOB ids, text that is not UTF-8, a word for attempts. Each is rejected
+    // with its reason, and none stops the claims of the others.
+    let out = sqlite3(
+        &db,
+        "INSERT INTO jobs (instance_id, client_id) VALUES ('post-cn-0pp12gl0001', X'FF00');
+         INSERT INTO jobs (instance_id, client_id) VALUES (X'706F7374', 'GID_fleet@@@blob-inst');
+         INSERT INTO jobs (instance_id, client_id)
+             VALUES ('post-cn-0pp12gl0001', CAST(X'4749445F666C656574404040FF' AS TEXT));
+         INSERT INTO jobs (instance_id, client_id, attempts)
+             VALUES ('post-cn-0pp12gl0001', 'GID_fleet@@@word-attempts', 'two');",
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let typed = [
+        ("typeof(client_id) = 'blob'", "client_id is not text"),
+        ("typeof(instance_id) = 'blob'", "instance_id is not text"),
+        (
+            "client_id = CAST(X'4749445F666C656574404040FF' AS TEXT)",
+            "'\u{fffd}'",
+        ),
+        (
+            "client_id = 'GID_fleet@@@word-attempts'",
+            "attempts is not an integer",
+        ),
+    ];
     app.insert(INSTANCE, &devices("good", 5)).await;
 
     let mut cmd = deregd(&app);
     cmd.args(["run", "--until-empty"]);
     let (code, _, stderr) = within(30, Child::spawn(cmd).wait()).await;
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(app.count("rejected").await, rows.len() as i64 + 1);
+    assert_eq!(
+        app.count("rejected").await,
+        (rows.len() + 1 + typed.len()) as i64
+    );
+    for (row, reason) in typed {
+        let (status, code, message): (String, Option<String>, Option<String>) = sqlx::query_as(
+            &format!("SELECT status, last_code, last_message FROM jobs WHERE {row}"),
+        )
+        .fetch_one(&app.db.reader)
+        .await
+        .unwrap();
+        assert_eq!(
+            (status.as_str(), code.as_deref()),
+            ("rejected", Some("InvalidInput")),
+            "{row}"
+        );
+        let message = message.unwrap_or_default();
+        assert!(message.contains(reason), "{row}: {message}");
+    }
     assert_eq!(app.count("succeeded").await, 5);
     assert_eq!(
         app.emulator.stats().total_requests,
