@@ -33,6 +33,22 @@ impl Filter {
     }
 }
 
+/// A text column as the operator commands show it. The table is open to hand-written SQL, so a
+/// column may hold a BLOB: it is shown as its SQL literal (`X'FF00'`), and text that is not
+/// UTF-8 with U+FFFD in place of its bad bytes (see [`text`]), rather than failing the command.
+fn shown(column: &str) -> String {
+    format!("iif(typeof({column}) = 'blob', quote({column}), {column})")
+}
+
+/// Decodes a column selected through [`shown`].
+fn text(row: &sqlx::sqlite::SqliteRow, index: usize) -> String {
+    lossy(row.get(index))
+}
+
+fn lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 /// The WHERE clause matching a [`Filter`] bound as ?1 run, ?2 instance, ?3 statuses, ?4 code.
 const FILTER_SQL: &str = "(?1 IS NULL OR run = ?1) AND (?2 IS NULL OR instance_id = ?2)
     AND (?3 IS NULL OR status IN (SELECT value FROM json_each(?3)))
@@ -69,14 +85,16 @@ impl RunCounts {
 /// Counts by status per run, ordered by run label.
 pub async fn counts(db: &Db, filter: &Filter) -> sqlx::Result<Vec<RunCounts>> {
     let sql = format!(
-        "SELECT run, status, COUNT(*) FROM jobs WHERE {FILTER_SQL} GROUP BY run, status ORDER BY run"
+        "SELECT {}, status, COUNT(*) FROM jobs WHERE {FILTER_SQL}
+         GROUP BY run, status ORDER BY run",
+        shown("run")
     );
     let rows = bind_filter(sqlx::query(&sql), filter)
         .fetch_all(&db.reader)
         .await?;
     let mut runs: Vec<RunCounts> = Vec::new();
     for row in rows {
-        let run: String = row.get(0);
+        let run = text(&row, 0);
         let status: String = row.get(1);
         if runs.last().is_none_or(|r| r.run != run) {
             runs.push(RunCounts::new(run));
@@ -163,10 +181,15 @@ pub async fn top_codes(db: &Db, run: &str, limit: i64) -> sqlx::Result<Vec<CodeC
 
 /// The instances that have jobs in `run`.
 pub async fn instances_of(db: &Db, run: &str) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar("SELECT DISTINCT instance_id FROM jobs WHERE run = ?1 ORDER BY 1")
+    let sql = format!(
+        "SELECT DISTINCT {} FROM jobs WHERE run = ?1 ORDER BY 1",
+        shown("instance_id")
+    );
+    let instances: Vec<Vec<u8>> = sqlx::query_scalar(&sql)
         .bind(run)
         .fetch_all(&db.reader)
-        .await
+        .await?;
+    Ok(instances.into_iter().map(lossy).collect())
 }
 
 /// True when at least one job carries the label `run`.
@@ -289,15 +312,16 @@ pub fn export<'a>(
         .fetch(&db.reader)
         .map(|row| {
             let r = row?;
+            let optional = |index| r.get::<Option<Vec<u8>>, _>(index).map(lossy);
             Ok(JobRecord {
                 id: r.get(0),
-                instance_id: r.get(1),
-                client_id: r.get(2),
-                run: r.get(3),
+                instance_id: text(&r, 1),
+                client_id: text(&r, 2),
+                run: text(&r, 3),
                 status: r.get(4),
-                code: r.get(5),
-                message: r.get(6),
-                request_id: r.get(7),
+                code: optional(5),
+                message: optional(6),
+                request_id: optional(7),
                 attempts: r.get(8),
                 created_at: r.get(9),
                 finished_at: r.get(10),
@@ -308,9 +332,16 @@ pub fn export<'a>(
 /// The query text [`export`] runs (kept outside so the stream can borrow it).
 pub fn export_sql() -> String {
     format!(
-        "SELECT id, instance_id, client_id, run, status, last_code, last_message, request_id,
-                attempts, created_at, finished_at
-         FROM jobs WHERE {FILTER_SQL} ORDER BY id"
+        "SELECT id, {}, {}, {}, status, {}, {}, {},
+                CAST(attempts AS INTEGER), CAST(created_at AS INTEGER),
+                CAST(finished_at AS INTEGER)
+         FROM jobs WHERE {FILTER_SQL} ORDER BY id",
+        shown("instance_id"),
+        shown("client_id"),
+        shown("run"),
+        shown("last_code"),
+        shown("last_message"),
+        shown("request_id"),
     )
 }
 

@@ -76,6 +76,14 @@ impl Env {
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
     }
 
+    /// Runs deregd, expects exit status 0, parses stdout as JSON Lines.
+    fn json_lines(&self, args: &[&str]) -> Vec<Value> {
+        self.ok(args)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{args:?}: {e}: {l}")))
+            .collect()
+    }
+
     fn write(&self, name: &str, content: &str) -> String {
         let path = self.dir.join(name);
         std::fs::write(&path, content).expect("write input");
@@ -389,11 +397,7 @@ fn jobs_exports_csv_and_json_lines_with_rfc3339_times() {
         lines[1]
     );
 
-    let failed = env.ok(&["jobs", "--status", "failed", "--json"]);
-    let rows: Vec<Value> = failed
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = env.json_lines(&["jobs", "--status", "failed", "--json"]);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["client_id"], "GID_fleet@@@b");
     assert_eq!(rows[0]["request_id"], "REQ-1");
@@ -407,6 +411,31 @@ fn jobs_exports_csv_and_json_lines_with_rfc3339_times() {
 
     let bad = env.run(&["jobs", "--status", "done"]);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+}
+
+#[test]
+fn operator_commands_show_hand_written_rows_of_the_wrong_type_instead_of_failing() {
+    let env = Env::new();
+    env.submit("r1", &["GID_fleet@@@a"]);
+    // What the sqlite3 shell lets through: BLOB ids and label, text that is not UTF-8, and a
+    // word for attempts.
+    env.sql(
+        "INSERT INTO jobs (instance_id, client_id, run) VALUES ('post-cn-1', X'FF00', 'r1');
+         INSERT INTO jobs (instance_id, client_id, run) VALUES (X'706F7374', 'GID_fleet@@@b', 'r1');
+         INSERT INTO jobs (instance_id, client_id, run) VALUES ('post-cn-1', 'GID_fleet@@@c', X'7232');
+         INSERT INTO jobs (instance_id, client_id, run, attempts)
+             VALUES ('post-cn-1', CAST(X'4749445F666C656574404040FF' AS TEXT), 'r1', 'two');",
+    );
+    let rows = env.json_lines(&["jobs", "--json"]);
+    assert_eq!(rows.len(), 5);
+    assert_eq!(rows[1]["client_id"], "X'FF00'");
+    assert_eq!(rows[2]["instance_id"], "X'706F7374'");
+    assert_eq!(rows[3]["run"], "X'7232'");
+    assert_eq!(rows[4]["client_id"], "GID_fleet@@@\u{fffd}");
+    assert_eq!(rows[4]["attempts"], 0);
+    let status = env.ok(&["status"]);
+    assert!(status.contains("X'7232'"), "{status}");
+    env.ok(&["report", "--run", "r1"]);
 }
 
 #[test]
