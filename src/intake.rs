@@ -211,21 +211,24 @@ impl OpenPairs {
 pub async fn open_pairs(db: &Db, instances: &[&str]) -> sqlx::Result<OpenPairs> {
     use sqlx::Row;
     let instances = serde_json::to_string(instances).expect("strings serialize");
-    let rows = sqlx::query(
-        "SELECT instance_id, json_group_array(client_id) FROM jobs INDEXED BY jobs_pair_open
+    // A hand-written BLOB ClientId is read as its literal: JSON cannot hold a BLOB.
+    let sql = format!(
+        "SELECT instance_id, json_group_array({}) FROM jobs INDEXED BY jobs_pair_open
          WHERE status IN ('pending', 'running')
            AND instance_id IN (SELECT value FROM json_each(?1))
          GROUP BY instance_id",
-    )
-    .bind(instances)
-    .fetch_all(&db.reader)
-    .await?;
+        job::shown("client_id")
+    );
+    let rows = sqlx::query(&sql)
+        .bind(instances)
+        .fetch_all(&db.reader)
+        .await?;
     let mut open = OpenPairs::default();
     for row in rows {
-        let clients: &str = row.get(1);
+        let clients = job::lossy(row.get(1));
         let clients: rustc_hash::FxHashSet<String> =
-            serde_json::from_str(clients).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        open.0.insert(row.get(0), clients);
+            serde_json::from_str(&clients).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        open.0.insert(job::lossy(row.get(0)), clients);
     }
     Ok(open)
 }
@@ -346,15 +349,17 @@ impl<'d> Submission<'d> {
         }
         let mut tx = self.db.begin_write().await?;
         if max_job_id(&mut *tx).await? > self.seen_max_id {
-            let rows: Vec<(String, String)> = sqlx::query_as(
-                "SELECT instance_id, client_id FROM jobs
-                 WHERE id > ?1 AND status IN ('pending', 'running')",
-            )
-            .bind(self.seen_max_id)
-            .fetch_all(&mut *tx)
-            .await?;
+            let sql = format!(
+                "SELECT {}, {} FROM jobs WHERE id > ?1 AND status IN ('pending', 'running')",
+                job::shown("instance_id"),
+                job::shown("client_id")
+            );
+            let rows: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(&sql)
+                .bind(self.seen_max_id)
+                .fetch_all(&mut *tx)
+                .await?;
             for (instance, client) in rows {
-                self.open.insert(instance, client);
+                self.open.insert(job::lossy(instance), job::lossy(client));
             }
         }
         let fresh: Vec<(&str, &str)>;

@@ -79,6 +79,19 @@ impl Job {
     }
 }
 
+/// A text column of `jobs` as deregd reads it back outside the claim. The table is open to
+/// hand-written SQL, so a column may hold a BLOB: it is read as its SQL literal (`X'FF00'`),
+/// and text that is not UTF-8 with U+FFFD in place of its bad bytes (see [`lossy`]), rather
+/// than failing the command that reads it.
+pub(crate) fn shown(column: &str) -> String {
+    format!("iif(typeof({column}) = 'blob', quote({column}), {column})")
+}
+
+/// Text from a column's bytes, U+FFFD in place of bytes that are not UTF-8.
+pub(crate) fn lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 /// Longest ClientId the API accepts, characters.
 pub const MAX_CLIENT_ID_LEN: usize = 64;
 /// Longest InstanceId we accept, characters.

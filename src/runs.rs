@@ -9,7 +9,7 @@ use sqlx::Row;
 
 use crate::clock::now_ms;
 use crate::db::Db;
-use crate::job::Status;
+use crate::job::{lossy, shown, Status};
 
 /// Rows changed per write statement.
 pub const CHUNK_ROWS: i64 = 50_000;
@@ -33,20 +33,9 @@ impl Filter {
     }
 }
 
-/// A text column as the operator commands show it. The table is open to hand-written SQL, so a
-/// column may hold a BLOB: it is shown as its SQL literal (`X'FF00'`), and text that is not
-/// UTF-8 with U+FFFD in place of its bad bytes (see [`text`]), rather than failing the command.
-fn shown(column: &str) -> String {
-    format!("iif(typeof({column}) = 'blob', quote({column}), {column})")
-}
-
 /// Decodes a column selected through [`shown`].
 fn text(row: &sqlx::sqlite::SqliteRow, index: usize) -> String {
     lossy(row.get(index))
-}
-
-fn lossy(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// The WHERE clause matching a [`Filter`] bound as ?1 run, ?2 instance, ?3 statuses, ?4 code.

@@ -436,6 +436,15 @@ fn operator_commands_show_hand_written_rows_of_the_wrong_type_instead_of_failing
     let status = env.ok(&["status"]);
     assert!(status.contains("X'7232'"), "{status}");
     env.ok(&["report", "--run", "r1"]);
+    // Submit's duplicate check reads them too (rows written during a submission: a worker test).
+    let out = env.submit("r2", &["GID_fleet@@@a", "GID_fleet@@@d"]);
+    assert_eq!(
+        (&out["queued"], &out["already_open"]),
+        (&1.into(), &1.into())
+    );
+    env.sql("INSERT INTO jobs (instance_id, client_id, run) VALUES ('post-cn-1', X'00', 'r3')");
+    let out = env.submit("r2", &["GID_fleet@@@e"]);
+    assert_eq!(out["queued"], 1, "{out}");
 }
 
 #[test]

@@ -383,10 +383,12 @@ async fn a_pair_queued_by_someone_else_during_a_submission_is_not_queued_twice()
         .add(&[(INSTANCE, "GID_fleet@@@a-1")])
         .await
         .unwrap();
-    // Then an operator queues, by hand, a pair the submission has not reached yet.
+    // Then an operator queues, by hand, a pair the submission has not reached yet, and a row
+    // with a BLOB ClientId, which the submission must read past.
     let out = sqlite3(
         &app.db_path(),
-        "INSERT INTO jobs (instance_id, client_id) VALUES ('post-cn-0pp12gl0001', 'GID_fleet@@@a-2')",
+        "INSERT INTO jobs (instance_id, client_id) VALUES ('post-cn-0pp12gl0001', 'GID_fleet@@@a-2');
+         INSERT INTO jobs (instance_id, client_id) VALUES ('post-cn-0pp12gl0001', X'FF00')",
     )
     .await;
     assert!(out.status.success());
@@ -406,7 +408,8 @@ async fn a_pair_queued_by_someone_else_during_a_submission_is_not_queued_twice()
         }
     );
     let pairs: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT client_id, COUNT(*) FROM jobs GROUP BY client_id ORDER BY client_id",
+        "SELECT client_id, COUNT(*) FROM jobs WHERE typeof(client_id) = 'text'
+         GROUP BY client_id ORDER BY client_id",
     )
     .fetch_all(&app.db.reader)
     .await
