@@ -82,7 +82,7 @@ pub async fn claim(
     .bind(excluded)
     .fetch_one(&mut *tx)
     .await?;
-    let due = String::from_utf8_lossy(&due);
+    let due = crate::job::lossy(due);
     let rows: Vec<ClaimedRow> =
         serde_json::from_str(&due).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     if !rows.is_empty() {
@@ -94,13 +94,13 @@ pub async fn claim(
         .bind(owner)
         .bind(lease_until)
         .bind(now)
-        .bind(due.as_ref())
+        .bind(&due)
         .execute(&mut *tx)
         .await?;
     }
     tx.commit().await?;
     let mut jobs: Vec<Job> = rows.into_iter().map(job_from_row).collect();
-    // The queue order, as the claim read it; among jobs due alike, the oldest first.
+    // json_group_array does not promise its input's order; keep the queue order.
     jobs.sort_by_key(|j| j.id);
     Ok(jobs)
 }

@@ -128,7 +128,8 @@ pub async fn run(
         client,
         settings,
         owner.clone(),
-        (done_tx, unrecorded),
+        done_tx,
+        unrecorded,
         shared,
     );
     let result = dispatcher.run(&shutdown, options).await;
@@ -185,7 +186,8 @@ impl Dispatcher {
         client: ApiClient,
         settings: Settings,
         owner: String,
-        (done_tx, unrecorded): (mpsc::UnboundedSender<Done>, Arc<Semaphore>),
+        done_tx: mpsc::UnboundedSender<Done>,
+        unrecorded: Arc<Semaphore>,
         shared: Shared,
     ) -> Dispatcher {
         let (results_tx, results_rx) = mpsc::unbounded_channel();
