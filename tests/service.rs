@@ -281,3 +281,38 @@ async fn the_unit_file_passes_systemd_analyze_verify() {
     )
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_reload_or_a_stop_during_start_up_is_handled_not_fatal() {
+    // The lock file is written first thing, before the database is opened and migrated: a
+    // signal sent the moment it appears reaches a daemon still starting up. SIGHUP's default
+    // action would kill it (systemd counts that as a clean exit and does not restart it).
+    let app = spawn_app(EmulatorSettings::default()).await;
+    let lock = {
+        let mut p = app.db_path().into_os_string();
+        p.push(".lock");
+        std::path::PathBuf::from(p)
+    };
+    for (round, first) in [(0, libc::SIGHUP), (1, libc::SIGTERM), (2, libc::SIGHUP)] {
+        let mut cmd = deregd(&app);
+        cmd.arg("run");
+        let child = Child::spawn(cmd);
+        let mine = format!("pid {}", child.pid);
+        let started = std::time::Instant::now();
+        while !std::fs::read_to_string(&lock).is_ok_and(|s| s.contains(&mine)) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "round {round}: no lock"
+            );
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        child.signal(first);
+        if first == libc::SIGHUP {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            child.signal(libc::SIGTERM);
+        }
+        let (code, _, stderr) = within(10, child.wait()).await;
+        assert_eq!(code, Some(0), "round {round}, signal {first}: {stderr}");
+        assert!(stderr.contains("stopping"), "round {round}: {stderr}");
+    }
+}

@@ -21,6 +21,9 @@ pub struct RunArgs {
 }
 
 pub async fn run(settings: Settings, args: RunArgs, config: Option<PathBuf>) -> anyhow::Result<()> {
+    // Before anything else: until the handlers exist, SIGTERM or SIGHUP (a `systemctl reload`
+    // right after start) would kill the process outright, mid-migration or mid-claim.
+    let signals = Signals::install();
     let credentials = Credentials::load()?;
     let _lock = crate::dispatcher::lock(&settings.database.path)?;
     let db = Db::open(&settings.database.path).await?;
@@ -48,7 +51,9 @@ pub async fn run(settings: Settings, args: RunArgs, config: Option<PathBuf>) -> 
         shared.clone(),
         background.clone(),
     ));
-    spawn_signal_handler(shutdown.clone(), shared.clone(), config);
+    if let Some(signals) = signals {
+        signals.handle(shutdown.clone(), shared.clone(), config);
+    }
     let options = RunOptions {
         until_empty: args.until_empty,
     };
@@ -62,37 +67,60 @@ pub async fn run(settings: Settings, args: RunArgs, config: Option<PathBuf>) -> 
     result
 }
 
-/// SIGTERM/SIGINT: graceful stop; a second one exits at once (leases are rescued on restart).
-/// SIGHUP: reload `limits.*` from the configuration.
-fn spawn_signal_handler(shutdown: CancellationToken, shared: Shared, config: Option<PathBuf>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::warn!("cannot install signal handlers");
-        return;
-    };
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-                _ = hup.recv() => {
-                    reload(&shared, config.as_deref());
-                    continue;
-                }
+/// The service's signal streams. Installed, they replace the default actions at once; a signal
+/// that arrives before they are handled waits in its stream.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Some(Signals { term, int, hup }),
+            _ => {
+                tracing::warn!("cannot install signal handlers");
+                None
             }
-            if shutdown.is_cancelled() {
-                tracing::warn!("second signal: exiting now");
-                std::process::exit(130);
-            }
-            tracing::info!("stopping: finishing calls in flight (signal again to exit at once)");
-            systemd::stopping();
-            shutdown.cancel();
         }
-    });
+    }
+
+    /// SIGTERM/SIGINT: graceful stop; a second one exits at once (leases are rescued on
+    /// restart). SIGHUP: reload `limits.*` from the configuration.
+    fn handle(self, shutdown: CancellationToken, shared: Shared, config: Option<PathBuf>) {
+        let Signals {
+            mut term,
+            mut int,
+            mut hup,
+        } = self;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                    _ = hup.recv() => {
+                        reload(&shared, config.as_deref());
+                        continue;
+                    }
+                }
+                if shutdown.is_cancelled() {
+                    tracing::warn!("second signal: exiting now");
+                    std::process::exit(130);
+                }
+                tracing::info!(
+                    "stopping: finishing calls in flight (signal again to exit at once)"
+                );
+                systemd::stopping();
+                shutdown.cancel();
+            }
+        });
+    }
 }
 
 fn reload(shared: &Shared, config: Option<&std::path::Path>) {
