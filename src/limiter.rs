@@ -100,6 +100,24 @@ pub fn account_credit(rate: f64, burst: u32) -> u32 {
     burst.max(1) + (rate * CATCH_UP.as_secs_f64()).floor() as u32
 }
 
+/// Calls that fall due at `rate` over two [`DISPATCH_TICK`]s (a tick and the timer's rounding
+/// of it): the lag the tick itself leaves, which is owed to the steady rate.
+pub fn tick_lag(rate: f64) -> u32 {
+    ((rate * 2.0 * DISPATCH_TICK.as_secs_f64()).ceil() as u32).max(1)
+}
+
+/// The account limiter's `(spacing burst, credit)` at `rate` under `ceiling`. At the ceiling:
+/// the burst and [`CATCH_UP`]'s worth. Under it (after a throttle): only the tick's lag, so
+/// nothing else is made up while the gateway pushes back; with one call of credit, a sleep of
+/// a tick would let one call through and the rate would sink to one call a tick.
+fn account_at(rate: f64, ceiling: f64, burst: u32) -> (u32, u32) {
+    if rate < ceiling {
+        (1, tick_lag(rate))
+    } else {
+        (burst, account_credit(rate, burst))
+    }
+}
+
 /// The account's GCRA limiter at `rate` with `credit` calls of credit, all of it spent, as if
 /// the calls had just left: pacing starts one interval from now, not with a burst.
 fn spent_account<C: Clock>(
@@ -154,11 +172,10 @@ impl Spacing {
         self.next = self.next.max(now) + self.gap;
     }
 
-    /// Holds on to up to two ticks' worth of `dropped` credit: what falls due while the
-    /// dispatcher sleeps out a tick (and the timer's rounding of it).
+    /// Holds on to up to [`tick_lag`] calls of `dropped` credit.
     fn hold(&mut self, dropped: usize) {
-        let most = (2.0 * DISPATCH_TICK.as_secs_f64() / (2.0 * self.gap.as_secs_f64())).ceil();
-        self.held = (self.held as usize + dropped).min(most as usize) as u32;
+        let rate = 0.5 / self.gap.as_secs_f64();
+        self.held = (self.held as usize + dropped).min(tick_lag(rate) as usize) as u32;
     }
 
     /// Spends one call of held credit, if any is held.
@@ -681,15 +698,9 @@ impl Pacer {
         }
     }
 
-    /// A fresh account limiter for `rate`. At the ceiling it gets its credit (the burst and
-    /// [`CATCH_UP`]); under it (after a throttle) one call, so nothing is made up while the
-    /// gateway pushes back.
+    /// A fresh account limiter for `rate`, with its credit ([`account_at`]).
     fn rebuild(&mut self, rate: f64) {
-        let (burst, credit) = if rate < self.adaptive.ceiling() {
-            (1, 1)
-        } else {
-            (self.burst, account_credit(rate, self.burst))
-        };
+        let (burst, credit) = account_at(rate, self.adaptive.ceiling(), self.burst);
         self.account = spent_account(rate, credit, DefaultClock::default());
         self.spacing.set_rate(rate, burst);
         self.applied = rate;
@@ -877,11 +888,12 @@ mod tests {
     /// The account's pacing driven the way [`Pacer::until_ready`] drives it: after a refusal,
     /// asleep for the wait or a tick, whichever is longer, rounded up to tokio's millisecond.
     /// Returns the call times and the number of wake-ups.
-    fn drive_ticked(qps: f64, burst: u32) -> (Vec<Duration>, usize) {
+    fn drive_ticked(rate: f64, ceiling: f64, burst: u32) -> (Vec<Duration>, usize) {
         let clock = FakeRelativeClock::default();
-        let limiter = spent_account(qps, account_credit(qps, burst), clock.clone());
-        let mut window = SendWindow::new(window_limit(qps));
-        let mut spacing = Spacing::new(qps, burst);
+        let (burst, credit) = account_at(rate, ceiling, burst);
+        let limiter = spent_account(rate, credit, clock.clone());
+        let mut window = SendWindow::new(window_limit(ceiling));
+        let mut spacing = Spacing::new(rate, burst);
         let (mut times, mut wakes) = (Vec::new(), 0);
         let mut t = Duration::ZERO;
         while t < Duration::from_secs(5) {
@@ -904,7 +916,7 @@ mod tests {
         // At 20/s a tick groups nothing: a call and a look at the window each.
         for (qps, burst, most_wakes_per_call) in [(490.0, 3, 0.25), (280.0, 3, 0.4), (20.0, 3, 1.5)]
         {
-            let (times, wakes) = drive_ticked(qps, burst);
+            let (times, wakes) = drive_ticked(qps, qps, burst);
             let max = max_in_sliding_second(&times);
             assert!(max <= window_limit(qps), "qps {qps}: {max}");
             let steady = times.iter().filter(|t| t.as_secs() >= 1).count() as f64 / 4.0;
@@ -919,6 +931,18 @@ mod tests {
                 per_call <= most_wakes_per_call,
                 "qps {qps}: {per_call} wake-ups a call"
             );
+        }
+    }
+
+    #[test]
+    fn under_the_ceiling_after_a_throttle_the_tick_still_keeps_the_rate() {
+        // The adaptive rate cut 490/s to 343/s (and later regrows through rates like 400/s).
+        for rate in [343.0, 400.0, 150.0] {
+            let (times, _) = drive_ticked(rate, 490.0, 3);
+            let steady = times.iter().filter(|t| t.as_secs() >= 1).count() as f64 / 4.0;
+            assert!(steady >= rate * 0.99, "rate {rate}: {steady}/s");
+            let max = max_in_sliding_second(&times);
+            assert!(max <= rate.ceil() as usize, "rate {rate}: {max}");
         }
     }
 
