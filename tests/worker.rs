@@ -249,6 +249,36 @@ async fn per_instance_caps_bound_each_instances_calls() {
 }
 
 #[tokio::test]
+async fn a_capped_instance_spends_no_account_permit_on_nothing() {
+    // One instance, capped well under `qps`: most looks at the buffer find its cap closed. A
+    // permit taken from the account's budget then must wait for the cap, not be thrown away
+    // (each one thrown away was a call of the account's rate lost).
+    let mut app = spawn_app(EmulatorSettings::default()).await;
+    app.settings.limits.qps = 200;
+    app.settings.limits.instance_tps.insert(INSTANCE.into(), 40);
+    app.insert(INSTANCE, &devices("c", 80)).await;
+    let shared = deregd::worker::Shared::default();
+    let client = deregd::api::ApiClient::new(&app.settings, credentials("testsecret")).unwrap();
+    within(
+        30,
+        deregd::worker::run(
+            app.db.clone(),
+            client,
+            app.settings.clone(),
+            CancellationToken::new(),
+            RunOptions { until_empty: true },
+            shared.clone(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(app.count("succeeded").await, 80);
+    let stats = shared.stats.lock().unwrap().clone();
+    assert_eq!(stats.calls, 80);
+    assert_eq!(stats.permits, stats.calls, "permits taken vs calls made");
+}
+
+#[tokio::test]
 async fn v2_signatures_and_sts_tokens_are_accepted() {
     let mut app = spawn_app(EmulatorSettings {
         keys: vec![deregd::emulator::AccessKey {
