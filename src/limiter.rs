@@ -799,7 +799,7 @@ mod tests {
             let max = max_in_sliding_second(&times);
             assert!(max <= qps as usize, "qps {qps} burst {burst}: {max}");
             // And the budget is used: at least 99 % of the ceiling over the steady seconds.
-            let steady = times.iter().filter(|t| t.as_secs() >= 1).count() as f64 / 4.0;
+            let steady = steady_rate(&times);
             assert!(
                 steady >= qps * 0.99 - burst as f64,
                 "qps {qps} burst {burst}: {steady}/s"
@@ -846,7 +846,7 @@ mod tests {
             assert!(max <= window_limit(qps), "qps {qps} burst {burst}: {max}");
             // The budget is used: 99 % of the ceiling (small ceilings lose their one call of
             // jitter room to rounding, so they are held to the window instead).
-            let steady = punctual.iter().filter(|t| t.as_secs() >= 1).count() as f64 / 4.0;
+            let steady = steady_rate(&punctual);
             let floor = if qps >= 200.0 {
                 qps * 0.99
             } else {
@@ -867,7 +867,7 @@ mod tests {
             // (Asleep about a third of the time at 490/s. With only the burst to catch up with,
             // 490/s fell to 395/s here and 280/s to 251/s; now 472.5 and 268.25. What is still
             // lost is the credit dropped whenever the window fills: see take_account.)
-            let steady = late.iter().filter(|t| t.as_secs() >= 1).count() as f64 / 4.0;
+            let steady = steady_rate(&late);
             assert!(
                 steady >= floor * 0.95,
                 "late, qps {qps} burst {burst}: {steady}/s"
@@ -900,6 +900,16 @@ mod tests {
         assert!(max_in_sliding_second(&times) > 280);
     }
 
+    /// Calls per second over seconds 1-5 of a 5-second drive (the first second is the start).
+    fn steady_rate(times: &[Duration]) -> f64 {
+        times.iter().filter(|t| t.as_secs() >= 1).count() as f64 / 4.0
+    }
+
+    /// A sleep as tokio's timer makes it: rounded up to the millisecond.
+    fn on_the_millisecond(sleep: Duration) -> Duration {
+        Duration::from_millis(sleep.as_nanos().div_ceil(1_000_000) as u64)
+    }
+
     /// The account's pacing driven the way [`Pacer::until_ready`] drives it: after a refusal,
     /// asleep for the wait or a tick, whichever is longer, rounded up to tokio's millisecond.
     /// Returns the call times and the number of wake-ups.
@@ -915,8 +925,7 @@ mod tests {
             match take_account(&limiter, &mut window, &mut spacing, t, || SendMark::at(t)) {
                 Ok(_) => times.push(t),
                 Err(refusal) => {
-                    let ms = refusal.sleep().as_nanos().div_ceil(1_000_000);
-                    let sleep = Duration::from_millis(ms as u64);
+                    let sleep = on_the_millisecond(refusal.sleep());
                     clock.advance(sleep);
                     t += sleep;
                     wakes += 1;
@@ -934,7 +943,7 @@ mod tests {
             let (times, wakes) = drive_ticked(qps, qps, burst);
             let max = max_in_sliding_second(&times);
             assert!(max <= window_limit(qps), "qps {qps}: {max}");
-            let steady = times.iter().filter(|t| t.as_secs() >= 1).count() as f64 / 4.0;
+            let steady = steady_rate(&times);
             let floor = if qps >= 200.0 {
                 qps
             } else {
@@ -961,8 +970,7 @@ mod tests {
                 Ok(()) => times.push(t),
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(clock.now());
-                    let ms = wait.as_nanos().div_ceil(1_000_000) as u64;
-                    let sleep = Duration::from_millis(ms) + Duration::from_micros(300);
+                    let sleep = on_the_millisecond(wait) + Duration::from_micros(300);
                     clock.advance(sleep);
                     t += sleep;
                 }
@@ -977,16 +985,12 @@ mod tests {
             let times = drive_instance(cap, instance_burst(cap));
             let max = max_in_sliding_second(&times);
             assert!(max <= cap as usize, "cap {cap}: {max}");
-            let steady = times.iter().filter(|t| t.as_secs() >= 1).count() as f64 / 4.0;
+            let steady = steady_rate(&times);
             assert!(steady >= cap * 0.97, "cap {cap}: {steady}/s");
         }
         // Without the call of credit, each late wake-up is lost from the rate.
-        let steady = drive_instance(300.0, 1)
-            .iter()
-            .filter(|t| t.as_secs() >= 1)
-            .count()
-            / 4;
-        assert!(steady < 250, "{steady}/s");
+        let steady = steady_rate(&drive_instance(300.0, 1));
+        assert!(steady < 250.0, "{steady}/s");
     }
 
     #[test]
@@ -994,7 +998,7 @@ mod tests {
         // The adaptive rate cut 490/s to 343/s (and later regrows through rates like 400/s).
         for rate in [343.0, 400.0, 150.0] {
             let (times, _) = drive_ticked(rate, 490.0, 3);
-            let steady = times.iter().filter(|t| t.as_secs() >= 1).count() as f64 / 4.0;
+            let steady = steady_rate(&times);
             assert!(steady >= rate * 0.99, "rate {rate}: {steady}/s");
             let max = max_in_sliding_second(&times);
             assert!(max <= rate.ceil() as usize, "rate {rate}: {max}");
