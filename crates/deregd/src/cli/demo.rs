@@ -15,8 +15,8 @@ use crate::api::ApiClient;
 use crate::billing;
 use crate::config::{Credentials, Secret, Settings};
 use crate::db::Db;
-use crate::emulator::{Emulator, EmulatorSettings, Faults, Registry};
 use crate::worker::{self, RunOptions, Shared};
+use onsmqtt_emulator::{Emulator, EmulatorSettings, Faults, Registry};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {

@@ -13,14 +13,14 @@ use serde::Serialize;
 use super::stamp::Received;
 
 /// How long a used nonce stays remembered, per key (the gateway's 15 minutes).
-pub const NONCE_TTL: Duration = Duration::from_secs(15 * 60);
+pub(crate) const NONCE_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// Upper bound on remembered nonces (about 50 MB); beyond it the oldest are forgotten early.
 /// Covers the full 15 minutes up to about 1,100 calls per second, twice the vendor's limit.
-pub const MAX_NONCES: usize = 1_000_000;
+pub(crate) const MAX_NONCES: usize = 1_000_000;
 
 /// Upper bound on recorded arrival offsets kept for tests (accepted and successful calls each).
-pub const MAX_RECORDED_OFFSETS: usize = 1_000_000;
+pub(crate) const MAX_RECORDED_OFFSETS: usize = 1_000_000;
 
 /// Which device credentials exist, and which were removed by this emulator.
 ///
@@ -208,7 +208,7 @@ impl Registry {
 /// Stores a 128-bit keyed hash of each pair rather than the strings: about 50 bytes per entry
 /// whatever the client sends, and a false "already used" needs a 2^-64-scale collision.
 #[derive(Debug, Default)]
-pub struct NonceStore {
+pub(crate) struct NonceStore {
     hasher: std::hash::RandomState,
     seen: HashSet<u128>,
     order: VecDeque<(Instant, u128)>,
@@ -222,7 +222,7 @@ impl NonceStore {
     }
 
     /// Records the nonce; returns `false` if it was already used within the TTL.
-    pub fn check_and_insert(&mut self, key_id: &str, nonce: &str, now: Instant) -> bool {
+    pub(crate) fn check_and_insert(&mut self, key_id: &str, nonce: &str, now: Instant) -> bool {
         while let Some(&(at, fp)) = self.order.front() {
             if now.duration_since(at) >= NONCE_TTL || self.order.len() >= MAX_NONCES {
                 self.order.pop_front();
@@ -240,7 +240,7 @@ impl NonceStore {
     }
 
     /// Number of nonces currently remembered.
-    pub fn remembered(&self) -> usize {
+    pub(crate) fn remembered(&self) -> usize {
         self.order.len()
     }
 }
@@ -250,7 +250,7 @@ impl NonceStore {
 /// whatever order the emulator's threads get to them, but stamped when they arrived): they are
 /// kept sorted, and an event recorded late is counted in every window that holds it.
 #[derive(Debug, Default, Clone)]
-pub struct SlidingWindow {
+pub(crate) struct SlidingWindow {
     events: VecDeque<Instant>,
     max: u64,
 }
@@ -268,14 +268,14 @@ impl SlidingWindow {
     }
 
     /// Events within the second before `now` (exclusive of events exactly 1 s old).
-    pub fn count(&self, now: Instant) -> u64 {
+    pub(crate) fn count(&self, now: Instant) -> u64 {
         let upto = self.events.partition_point(|&e| e <= now);
         self.window_ending_at(now, upto)
     }
 
     /// Records one event at `at` and updates the maximum: every window ending at an event from
     /// `at` on now holds one more.
-    pub fn record(&mut self, at: Instant) {
+    pub(crate) fn record(&mut self, at: Instant) {
         let pos = self.events.partition_point(|&e| e <= at);
         self.events.insert(pos, at);
         for i in pos..self.events.len() {
@@ -293,7 +293,7 @@ impl SlidingWindow {
     }
 
     /// Largest number of events seen in any sliding one-second window so far.
-    pub fn max(&self) -> u64 {
+    pub(crate) fn max(&self) -> u64 {
         self.max
     }
 }
@@ -367,7 +367,7 @@ pub struct Stats {
 
 /// Everything mutable, guarded by one mutex in the server.
 #[derive(Debug)]
-pub struct State {
+pub(crate) struct State {
     /// When the emulator started; recorded offsets are relative to it.
     pub started: Instant,
     /// The credential registry.
@@ -396,7 +396,7 @@ pub struct State {
 
 impl State {
     /// Fresh state around `registry`.
-    pub fn new(registry: Registry) -> State {
+    pub(crate) fn new(registry: Registry) -> State {
         State {
             started: Instant::now(),
             registry,
@@ -414,12 +414,12 @@ impl State {
     }
 
     /// Counts one answer with `code` (`"OK"` for success).
-    pub fn count_code(&mut self, code: &str) {
+    pub(crate) fn count_code(&mut self, code: &str) {
         *self.stats.by_code.entry(code.to_string()).or_default() += 1;
     }
 
     /// Records an arrival; `key_id` once the key is known.
-    pub fn record_arrival(&mut self, received: Received) {
+    pub(crate) fn record_arrival(&mut self, received: Received) {
         self.stats.total_requests += 1;
         self.arrivals_all.record(received.at);
         let wall = received.unix_us;
@@ -429,7 +429,7 @@ impl State {
     }
 
     /// Records an arrival attributed to a known key.
-    pub fn record_key_arrival(&mut self, key_id: &str, now: Instant) {
+    pub(crate) fn record_key_arrival(&mut self, key_id: &str, now: Instant) {
         self.arrivals_by_key
             .entry(key_id.to_string())
             .or_default()
@@ -437,7 +437,7 @@ impl State {
     }
 
     /// Records a successful deregistration on `instance`.
-    pub fn record_success(&mut self, instance: &str, now: Instant) {
+    pub(crate) fn record_success(&mut self, instance: &str, now: Instant) {
         self.stats.successes += 1;
         *self
             .stats
@@ -449,7 +449,7 @@ impl State {
     }
 
     /// A consistent snapshot of the counters.
-    pub fn snapshot(&self) -> Stats {
+    pub(crate) fn snapshot(&self) -> Stats {
         let mut s = self.stats.clone();
         s.max_accepted_per_sliding_second = self.accepted_all.max();
         s.max_arrivals_per_sliding_second = self.arrivals_all.max();
@@ -472,7 +472,7 @@ impl State {
 
 /// Adds `offset` to a recorded list (up to [`MAX_RECORDED_OFFSETS`]), kept sorted (requests
 /// are handled a little out of their arrival order).
-pub fn record_offset(offsets: &mut Vec<Duration>, offset: Duration) {
+pub(crate) fn record_offset(offsets: &mut Vec<Duration>, offset: Duration) {
     if offsets.len() < MAX_RECORDED_OFFSETS {
         let pos = offsets.partition_point(|&o| o <= offset);
         offsets.insert(pos, offset);

@@ -25,7 +25,7 @@ use super::AccessKey;
 /// The only API version this emulator serves.
 pub const API_VERSION: &str = "2020-04-20";
 /// The one action it implements.
-pub const ACTION: &str = "UnRegisterDeviceCredential";
+pub(crate) const ACTION: &str = "UnRegisterDeviceCredential";
 
 /// Other real onsmqtt 2020-04-20 actions: known to the gateway, not served here.
 const OTHER_ACTIONS: &[&str] = &[
@@ -60,7 +60,7 @@ const OTHER_ACTIONS: &[&str] = &[
 
 /// Settings and state shared by all connections.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// Keys by AccessKeyId.
     pub keys: std::collections::HashMap<String, AccessKey>,
     /// Accepted calls allowed per sliding second, per AccessKeyId.
@@ -77,7 +77,7 @@ pub struct Shared {
 
 /// What the lock guards.
 #[derive(Debug)]
-pub struct Inner {
+pub(crate) struct Inner {
     /// Registry, windows, stats.
     pub state: State,
     /// Seeded fault decisions.
@@ -86,7 +86,7 @@ pub struct Inner {
 
 /// A request already read off the wire.
 #[derive(Debug)]
-pub struct Incoming {
+pub(crate) struct Incoming {
     /// HTTP method.
     pub method: String,
     /// Path without query.
@@ -105,7 +105,7 @@ pub struct Incoming {
 
 /// What the connection should do with a request.
 #[derive(Debug)]
-pub enum Action {
+pub(crate) enum Action {
     /// Answer with this response after `delay`.
     Answer(Response<Body>, Duration),
     /// Reset the connection after `delay`.
@@ -125,7 +125,7 @@ enum Outcome {
 }
 
 /// Handles one API request (the stats endpoint is handled by the caller).
-pub fn handle(shared: &Arc<Shared>, req: &Incoming) -> Action {
+pub(crate) fn handle(shared: &Arc<Shared>, req: &Incoming) -> Action {
     let received = req.received.unwrap_or_else(Received::now);
     let now = received.at;
     let host = header_str(&req.headers, "host").unwrap_or("localhost");

@@ -10,11 +10,11 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 /// Name of the V3 signing algorithm, as it appears in `Authorization` and the StringToSign.
-pub const V3_ALGORITHM: &str = "ACS3-HMAC-SHA256";
+pub(crate) const V3_ALGORITHM: &str = "ACS3-HMAC-SHA256";
 
 /// Percent-encodes `input` the vendor's way: only `A-Z a-z 0-9 - _ . ~` survive, every other
 /// UTF-8 byte becomes `%XY` with upper-case hex (so a space is `%20`, never `+`).
-pub fn percent_encode(input: &str) -> String {
+pub(crate) fn percent_encode(input: &str) -> String {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(input.len() + 8);
     for &b in input.as_bytes() {
@@ -31,7 +31,7 @@ pub fn percent_encode(input: &str) -> String {
 
 /// Decodes one `application/x-www-form-urlencoded` component (`+` is a space, `%XY` a byte).
 /// Invalid escapes are kept literally, like lenient servers do; invalid UTF-8 is replaced.
-pub fn percent_decode(input: &str) -> String {
+pub(crate) fn percent_decode(input: &str) -> String {
     let bytes = input.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -62,7 +62,7 @@ fn hex_val(b: u8) -> Option<u8> {
 }
 
 /// Splits a query string or form body into decoded `(name, value)` pairs, in order.
-pub fn parse_pairs(raw: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_pairs(raw: &str) -> Vec<(String, String)> {
     raw.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| match p.split_once('=') {
@@ -73,18 +73,18 @@ pub fn parse_pairs(raw: &str) -> Vec<(String, String)> {
 }
 
 /// Lower-case hex of sha256(`data`).
-pub fn sha256_hex(data: &[u8]) -> String {
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
 /// Compares two byte strings in time independent of where they differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The parsed `Authorization` header of a V3 request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct V3Authorization {
+pub(crate) struct V3Authorization {
     /// The AccessKeyId from `Credential=`.
     pub access_key_id: String,
     /// Lower-case header names from `SignedHeaders=`, in the order the client listed them.
@@ -94,7 +94,7 @@ pub struct V3Authorization {
 }
 
 /// Parses `ACS3-HMAC-SHA256 Credential=..,SignedHeaders=..,Signature=..`; `None` when garbled.
-pub fn parse_v3_authorization(header: &str) -> Option<V3Authorization> {
+pub(crate) fn parse_v3_authorization(header: &str) -> Option<V3Authorization> {
     let rest = header.trim().strip_prefix(V3_ALGORITHM)?;
     if !rest.starts_with(' ') {
         return None;
@@ -125,7 +125,7 @@ pub fn parse_v3_authorization(header: &str) -> Option<V3Authorization> {
 
 /// Everything a V3 StringToSign depends on, already extracted from the request.
 #[derive(Debug, Clone)]
-pub struct V3Input<'a> {
+pub(crate) struct V3Input<'a> {
     /// HTTP method as sent (`POST`).
     pub method: &'a str,
     /// Request path (`/`).
@@ -139,7 +139,7 @@ pub struct V3Input<'a> {
 }
 
 /// Builds the V3 canonical request: method, path, query, headers, signed header list, hash.
-pub fn v3_canonical_request(input: &V3Input<'_>) -> String {
+pub(crate) fn v3_canonical_request(input: &V3Input<'_>) -> String {
     let mut query: Vec<(String, String)> = input
         .query
         .iter()
@@ -176,7 +176,7 @@ pub fn v3_canonical_request(input: &V3Input<'_>) -> String {
 }
 
 /// `ACS3-HMAC-SHA256\n` + hex(sha256(canonical request)).
-pub fn v3_string_to_sign(canonical_request: &str) -> String {
+pub(crate) fn v3_string_to_sign(canonical_request: &str) -> String {
     format!(
         "{V3_ALGORITHM}\n{}",
         sha256_hex(canonical_request.as_bytes())
@@ -184,14 +184,14 @@ pub fn v3_string_to_sign(canonical_request: &str) -> String {
 }
 
 /// Lower-case hex of hmac_sha256(key = secret, string_to_sign).
-pub fn v3_signature(secret: &str, string_to_sign: &str) -> String {
+pub(crate) fn v3_signature(secret: &str, string_to_sign: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
     mac.update(string_to_sign.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
 
 /// V2 StringToSign: `METHOD&%2F&pe(sorted pe(name)=pe(value) joined by &)`; `Signature` excluded.
-pub fn v2_string_to_sign(method: &str, params: &[(String, String)]) -> String {
+pub(crate) fn v2_string_to_sign(method: &str, params: &[(String, String)]) -> String {
     let mut sorted: Vec<&(String, String)> =
         params.iter().filter(|(k, _)| k != "Signature").collect();
     // The SDKs sort by raw parameter name, then encode.
@@ -209,7 +209,7 @@ pub fn v2_string_to_sign(method: &str, params: &[(String, String)]) -> String {
 }
 
 /// base64(hmac_sha1(key = secret + "&", string_to_sign)).
-pub fn v2_signature(secret: &str, string_to_sign: &str) -> String {
+pub(crate) fn v2_signature(secret: &str, string_to_sign: &str) -> String {
     let key = format!("{secret}&");
     let mut mac = Hmac::<Sha1>::new_from_slice(key.as_bytes()).expect("any key length");
     mac.update(string_to_sign.as_bytes());

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::emulator::{AccessKey, Emulator, EmulatorSettings, Faults, Registry};
+use onsmqtt_emulator::{AccessKey, Emulator, EmulatorSettings, Faults, Registry};
 
 /// Command-line options of the emulator.
 #[derive(Debug, Clone, clap::Args)]

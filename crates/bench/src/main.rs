@@ -1,4 +1,4 @@
-//! The benchmark suite, run by `bench/run [--quick]` as `cargo bench --bench suite`.
+//! The benchmark suite, run by `bench/run [--quick]` (the release `deregd-bench` binary).
 //!
 //! Spawns the release `deregd` binary (daemon, emulator, submit) as separate processes so each
 //! one's CPU and memory are its own, and uses the library in-process only for the queue
@@ -21,7 +21,14 @@ use deregd::db::Db;
 use deregd::job::Status;
 use deregd::queue::{self, Completion};
 
-const DEREGD: &str = env!("CARGO_BIN_EXE_deregd");
+/// The repository's root: bench/run's scripts and notes live there.
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+/// The release `deregd` binary beside this one (bench/run builds both).
+fn deregd_binary() -> PathBuf {
+    let me = std::env::current_exe().expect("the running program has a path");
+    me.with_file_name("deregd")
+}
 const INSTANCE: &str = "mqtt-cn-bench0001";
 /// The account limit, enforced by the emulator as a strict sliding second.
 const EMULATOR_RATE_LIMIT: u32 = 500;
@@ -546,7 +553,7 @@ fn floor_client(args: &[String]) -> Result<()> {
 
 fn pacing_sdk(dir: &Path, python: &Path, ids: &Path, jobs: usize, cap: u32) -> Result<PacingRun> {
     let emulator = EmulatorProc::start(dir, &format!("sdk-{cap}"))?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/sdk_baseline.py");
+    let script = Path::new(ROOT).join("bench/sdk_baseline.py");
     let mut child = Command::new(python)
         .arg(script)
         .args(["--endpoint", &emulator.address(), "--instance", INSTANCE])
@@ -1105,7 +1112,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// `deregd` with a database, an endpoint and a cap, configured through the environment.
 fn deregd(db: &Path, emulator: Option<&EmulatorProc>, qps: u32) -> Command {
-    let mut cmd = Command::new(DEREGD);
+    let mut cmd = Command::new(deregd_binary());
     cmd.env_remove("DEREGD_CONFIG")
         .env("DEREGD_DATABASE__PATH", db)
         .env("DEREGD_LIMITS__QPS", qps.to_string())
@@ -1225,7 +1232,7 @@ impl EmulatorProc {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let child = Command::new(DEREGD)
+        let child = Command::new(deregd_binary())
             .arg("emulator")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--rate-limit", &EMULATOR_RATE_LIMIT.to_string()])
@@ -1372,7 +1379,7 @@ fn render(args: &Args, sizes: &Sizes, report: &Report, elapsed: Duration) -> Res
     }
     writeln!(md, "\n## How each figure is measured\n")?;
     md.push_str(METHOD);
-    let notes = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/notes.md");
+    let notes = Path::new(ROOT).join("bench/notes.md");
     if let Ok(text) = fs::read_to_string(notes) {
         writeln!(md)?;
         md.push_str(&text);

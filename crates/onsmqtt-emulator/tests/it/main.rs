@@ -6,10 +6,10 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use deregd::emulator::{
+use hmac::{Hmac, Mac};
+use onsmqtt_emulator::{
     max_in_window, AccessKey, Emulator, EmulatorSettings, Faults, Registry, Stats,
 };
-use hmac::{Hmac, Mac};
 use rand::Rng;
 use serde_json::Value;
 use sha2::{Digest, Sha256};

@@ -10,12 +10,12 @@ use std::time::Duration;
 use deregd::api::ApiClient;
 use deregd::config::{Credentials, Secret, Settings};
 use deregd::db::Db;
-use deregd::emulator::{Emulator, EmulatorSettings};
 use deregd::worker::{self, RunOptions, Shared};
+use onsmqtt_emulator::{Emulator, EmulatorSettings};
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
-pub struct App {
+pub(crate) struct App {
     pub dir: tempfile::TempDir,
     pub db: Db,
     pub settings: Settings,
@@ -23,13 +23,13 @@ pub struct App {
 }
 
 /// Fails the test if `future` takes longer than `secs`.
-pub async fn within<T>(secs: u64, future: impl Future<Output = T>) -> T {
+pub(crate) async fn within<T>(secs: u64, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(secs), future)
         .await
         .unwrap_or_else(|_| panic!("timed out after {secs} s"))
 }
 
-pub fn fast_settings(db_path: PathBuf, endpoint: &str) -> Settings {
+pub(crate) fn fast_settings(db_path: PathBuf, endpoint: &str) -> Settings {
     let mut s = Settings::load_from(None, &BTreeMap::new()).expect("defaults are valid");
     s.database.path = db_path;
     s.api.endpoint = endpoint.to_string();
@@ -48,7 +48,7 @@ pub fn fast_settings(db_path: PathBuf, endpoint: &str) -> Settings {
     s
 }
 
-pub fn credentials(secret: &str) -> Credentials {
+pub(crate) fn credentials(secret: &str) -> Credentials {
     Credentials {
         access_key_id: "testid".into(),
         access_key_secret: Secret::new(secret),
@@ -56,7 +56,7 @@ pub fn credentials(secret: &str) -> Credentials {
     }
 }
 
-pub async fn spawn_app(emulator: EmulatorSettings) -> App {
+pub(crate) async fn spawn_app(emulator: EmulatorSettings) -> App {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("deregd.db");
     let emulator = Emulator::start(emulator).await.unwrap();
@@ -71,12 +71,12 @@ pub async fn spawn_app(emulator: EmulatorSettings) -> App {
 }
 
 impl App {
-    pub fn db_path(&self) -> PathBuf {
+    pub(crate) fn db_path(&self) -> PathBuf {
         self.settings.database.path.clone()
     }
 
     /// Inserts jobs the way an operator does, by plain SQL.
-    pub async fn insert(&self, instance: &str, clients: &[String]) {
+    pub(crate) async fn insert(&self, instance: &str, clients: &[String]) {
         let mut tx = self.db.begin_write().await.unwrap();
         for c in clients {
             sqlx::query("INSERT INTO jobs (instance_id, client_id) VALUES (?1, ?2)")
@@ -90,7 +90,7 @@ impl App {
     }
 
     /// Runs the worker until the queue is empty, with the given credentials secret.
-    pub async fn run_until_empty(&self, secret: &str) {
+    pub(crate) async fn run_until_empty(&self, secret: &str) {
         self.run_with(
             credentials(secret),
             RunOptions { until_empty: true },
@@ -100,7 +100,7 @@ impl App {
         .unwrap();
     }
 
-    pub async fn run_with(
+    pub(crate) async fn run_with(
         &self,
         credentials: Credentials,
         options: RunOptions,
@@ -118,7 +118,7 @@ impl App {
         .await
     }
 
-    pub async fn count(&self, status: &str) -> i64 {
+    pub(crate) async fn count(&self, status: &str) -> i64 {
         sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = ?1")
             .bind(status)
             .fetch_one(&self.db.reader)
@@ -126,7 +126,7 @@ impl App {
             .unwrap()
     }
 
-    pub async fn billed_total(&self) -> i64 {
+    pub(crate) async fn billed_total(&self) -> i64 {
         sqlx::query_scalar("SELECT COALESCE(SUM(calls), 0) FROM tps_usage")
             .fetch_one(&self.db.reader)
             .await
@@ -134,7 +134,7 @@ impl App {
     }
 
     /// (status, attempts, last_code, last_message, request_id) of one job.
-    pub async fn job(
+    pub(crate) async fn job(
         &self,
         client: &str,
     ) -> (String, i64, Option<String>, Option<String>, Option<String>) {
@@ -149,17 +149,17 @@ impl App {
     }
 }
 
-pub fn devices(prefix: &str, n: usize) -> Vec<String> {
+pub(crate) fn devices(prefix: &str, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| format!("GID_fleet@@@{prefix}-{i}"))
         .collect()
 }
 
-pub const INSTANCE: &str = "post-cn-0pp12gl0001";
+pub(crate) const INSTANCE: &str = "post-cn-0pp12gl0001";
 
 /// `deregd` as a child process pointed at this app's database and emulator, with the test
 /// settings of [`fast_settings`] as env vars and the emulator's default key. Output is piped.
-pub fn deregd(app: &App) -> tokio::process::Command {
+pub(crate) fn deregd(app: &App) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_deregd"));
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -185,13 +185,13 @@ pub fn deregd(app: &App) -> tokio::process::Command {
 }
 
 /// A spawned child whose output is collected in the background, so it can be signalled.
-pub struct Child {
+pub(crate) struct Child {
     pub pid: i32,
     output: tokio::task::JoinHandle<std::io::Result<std::process::Output>>,
 }
 
 impl Child {
-    pub fn spawn(mut cmd: tokio::process::Command) -> Child {
+    pub(crate) fn spawn(mut cmd: tokio::process::Command) -> Child {
         let child = cmd.spawn().expect("deregd starts");
         let pid = child.id().expect("running") as i32;
         Child {
@@ -200,13 +200,13 @@ impl Child {
         }
     }
 
-    pub fn signal(&self, signal: i32) {
+    pub(crate) fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped yet.
         unsafe { libc::kill(self.pid, signal) };
     }
 
     /// Waits for exit: (exit code, or None when killed by a signal; stdout; stderr).
-    pub async fn wait(self) -> (Option<i32>, String, String) {
+    pub(crate) async fn wait(self) -> (Option<i32>, String, String) {
         let out = self.output.await.unwrap().unwrap();
         (
             out.status.code(),
@@ -217,7 +217,7 @@ impl Child {
 }
 
 /// Runs the `sqlite3` shell on `db` with a busy timeout, as an operator would.
-pub async fn sqlite3(db: &std::path::Path, sql: &str) -> std::process::Output {
+pub(crate) async fn sqlite3(db: &std::path::Path, sql: &str) -> std::process::Output {
     tokio::process::Command::new("sqlite3")
         .arg(db)
         .arg(".timeout 5000")
@@ -228,7 +228,7 @@ pub async fn sqlite3(db: &std::path::Path, sql: &str) -> std::process::Output {
 }
 
 /// Polls `check` every 20 ms until it holds.
-pub async fn until<F, Fut>(mut check: F)
+pub(crate) async fn until<F, Fut>(mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -236,4 +236,23 @@ where
     while !check().await {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Tests that measure a rate hold this exclusively; every other test shares it, so nothing in
+/// this binary competes for the 2 cores while a rate is measured.
+static CPU: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A share of the machine, for an async test that measures no rate.
+pub(crate) async fn cpu_shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    CPU.read().await
+}
+
+/// A share of the machine, for a test without a runtime (process-level CLI tests).
+pub(crate) fn cpu_shared_blocking() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    CPU.blocking_read()
+}
+
+/// The whole machine, for a test that measures a rate.
+pub(crate) async fn cpu_exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    CPU.write().await
 }

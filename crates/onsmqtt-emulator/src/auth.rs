@@ -16,7 +16,7 @@ const MAX_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 
 /// Result of authentication: who called, with which nonce, asking for what.
 #[derive(Debug)]
-pub struct Authenticated {
+pub(crate) struct Authenticated {
     /// The verified AccessKeyId.
     pub key_id: String,
     /// The request's signature nonce (V3 header or V2 parameter).
@@ -30,7 +30,7 @@ pub struct Authenticated {
 }
 
 /// Authenticates `req`; also returns the AccessKeyId once it is known to exist.
-pub fn authenticate(
+pub(crate) fn authenticate(
     shared: &Shared,
     req: &Incoming,
 ) -> (Result<Authenticated, ApiError>, Option<String>) {
@@ -243,14 +243,14 @@ fn signature_mismatch(string_to_sign: &str) -> ApiError {
     )
 }
 
-pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
 }
 
-pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -150,6 +150,7 @@ fn ids(n: usize) -> Vec<String> {
 
 #[test]
 fn submit_queues_valid_lines_and_reports_malformed_ones_by_line_number() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     let file = env.write(
         "ids.txt",
@@ -189,6 +190,7 @@ fn submit_queues_valid_lines_and_reports_malformed_ones_by_line_number() {
 
 #[test]
 fn submit_queues_a_pair_again_once_its_earlier_job_has_finished() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     env.submit("r1", &["GID_fleet@@@dev-1"]);
     env.sql("UPDATE jobs SET status = 'failed', finished_at = 1");
@@ -199,6 +201,7 @@ fn submit_queues_a_pair_again_once_its_earlier_job_has_finished() {
 
 #[test]
 fn submit_reads_csv_with_an_instance_per_row_from_stdin() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     let csv = "instance_id,client_id\npost-cn-1,GID_fleet@@@a\npost-cn-2,GID_fleet@@@a\npost-cn-2,GID_fleet@@@a\npost-cn-2\n";
     let out = env.run_with_input(&["submit", "--run", "csv", "--json", "-"], csv.as_bytes());
@@ -217,6 +220,7 @@ fn submit_reads_csv_with_an_instance_per_row_from_stdin() {
 
 #[test]
 fn submit_of_a_csv_spanning_several_chunks_skips_pairs_open_before_an_instance_first_appears() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     // post-cn-2 has an open job before the submission; its rows only start after the first
     // chunk (50,000 rows) has been committed.
@@ -258,6 +262,7 @@ fn submit_of_a_csv_spanning_several_chunks_skips_pairs_open_before_an_instance_f
 
 #[test]
 fn submit_without_an_instance_or_a_csv_header_is_a_usage_error() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     let out = env.run_with_input(&["submit", "-"], b"GID_fleet@@@a\n");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -274,6 +279,7 @@ fn submit_without_an_instance_or_a_csv_header_is_a_usage_error() {
 
 #[test]
 fn readers_refuse_a_missing_database_instead_of_creating_it() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     for args in [
         &["status"][..],
@@ -290,6 +296,7 @@ fn readers_refuse_a_missing_database_instead_of_creating_it() {
 
 #[test]
 fn status_counts_jobs_by_status_and_shows_retries_codes_and_the_dispatcher() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     let all = ids(6);
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
@@ -346,6 +353,7 @@ fn status_counts_jobs_by_status_and_shows_retries_codes_and_the_dispatcher() {
 
 #[test]
 fn status_watch_prints_plain_lines_when_piped_and_exits_when_nothing_is_open() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     env.submit("done", &["GID_fleet@@@a", "GID_fleet@@@b"]);
     env.sql("UPDATE jobs SET status = 'succeeded', finished_at = 1");
@@ -366,6 +374,7 @@ fn status_watch_prints_plain_lines_when_piped_and_exits_when_nothing_is_open() {
 
 #[test]
 fn jobs_exports_csv_and_json_lines_with_rfc3339_times() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     env.submit("r1", &["GID_fleet@@@a", "GID_fleet@@@b", "GID_fleet@@@c"]);
     env.sql(
@@ -415,6 +424,7 @@ fn jobs_exports_csv_and_json_lines_with_rfc3339_times() {
 
 #[test]
 fn operator_commands_show_hand_written_rows_of_the_wrong_type_instead_of_failing() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     env.submit("r1", &["GID_fleet@@@a"]);
     // What the sqlite3 shell lets through: BLOB ids and label, text that is not UTF-8, and a
@@ -449,6 +459,7 @@ fn operator_commands_show_hand_written_rows_of_the_wrong_type_instead_of_failing
 
 #[test]
 fn jobs_export_ends_quietly_when_the_reader_closes_the_pipe() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     let many = ids(30_000);
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
@@ -473,6 +484,7 @@ fn jobs_export_ends_quietly_when_the_reader_closes_the_pipe() {
 
 #[test]
 fn report_buckets_billed_calls_per_instance_with_totals_and_peaks() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     env.submit("r1", &["GID_fleet@@@a"]);
     // 2026-11-27T10:00:00Z = 1795773600.
@@ -534,6 +546,7 @@ fn report_buckets_billed_calls_per_instance_with_totals_and_peaks() {
 
 #[test]
 fn report_for_a_run_uses_the_run_span_and_says_so() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     env.submit("r1", &["GID_fleet@@@a"]);
     env.sql(
@@ -557,6 +570,7 @@ fn report_for_a_run_uses_the_run_span_and_says_so() {
 
 #[test]
 fn report_refuses_a_malformed_time_with_status_2() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     env.submit("r1", &["GID_fleet@@@a"]);
     for bad in [
@@ -576,6 +590,7 @@ fn report_refuses_a_malformed_time_with_status_2() {
 
 #[test]
 fn cancel_and_requeue_move_jobs_and_count_them() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     env.submit("r1", &["GID_fleet@@@a", "GID_fleet@@@b", "GID_fleet@@@c"]);
     env.sql("UPDATE jobs SET status = 'running', lease_owner = 'x', lease_until = 1 WHERE id = 3");
@@ -621,6 +636,7 @@ fn cancel_and_requeue_move_jobs_and_count_them() {
 
 #[test]
 fn requeue_leaves_a_pair_that_is_already_open_alone() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     env.submit("r1", &["GID_fleet@@@a"]);
     env.sql("UPDATE jobs SET status = 'failed', finished_at = 1");
@@ -632,6 +648,7 @@ fn requeue_leaves_a_pair_that_is_already_open_alone() {
 
 #[test]
 fn requeue_and_cancel_refuse_bad_arguments_with_status_2() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     env.submit("r1", &["GID_fleet@@@a"]);
     for args in [
@@ -649,6 +666,7 @@ fn requeue_and_cancel_refuse_bad_arguments_with_status_2() {
 
 #[test]
 fn commands_wait_for_another_writer_and_readers_are_not_blocked_by_it() {
+    let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     env.submit("r1", &["GID_fleet@@@a"]);
     // Another process (as the daemon would) holds the write lock for 2 s.

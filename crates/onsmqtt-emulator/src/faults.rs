@@ -67,7 +67,7 @@ impl Faults {
 
 /// The malformed answers, served in rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Malformed {
+pub(crate) enum Malformed {
     /// A load balancer's HTML 502 page.
     Html502,
     /// HTTP 200 whose JSON body is cut short.
@@ -78,7 +78,7 @@ pub enum Malformed {
 
 /// What happens to one otherwise-valid request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// 500 `SystemOverFlow`; nothing happens server-side.
     SystemOverflow,
     /// 500 `InternalError`; nothing happens server-side.
@@ -98,7 +98,7 @@ pub enum Fault {
 
 /// The seeded source of fault decisions.
 #[derive(Debug)]
-pub struct FaultPlan {
+pub(crate) struct FaultPlan {
     faults: Faults,
     rng: StdRng,
     malformed_turn: usize,
@@ -106,7 +106,7 @@ pub struct FaultPlan {
 
 impl FaultPlan {
     /// A plan drawing from `seed`.
-    pub fn new(faults: Faults, seed: u64) -> FaultPlan {
+    pub(crate) fn new(faults: Faults, seed: u64) -> FaultPlan {
         FaultPlan {
             faults,
             rng: StdRng::seed_from_u64(seed),
@@ -116,7 +116,7 @@ impl FaultPlan {
 
     /// Decides the fault (if any) for the next valid request. Connection-level faults are
     /// drawn first, so at p=1.0 each kind wins over the answer-level ones.
-    pub fn draw(&mut self) -> Option<Fault> {
+    pub(crate) fn draw(&mut self) -> Option<Fault> {
         let f = &self.faults;
         let (reset, hang, malformed) = (f.p_reset, f.p_hang, f.p_malformed);
         let (overflow, internal, token) = (
@@ -164,7 +164,7 @@ impl FaultPlan {
     }
 
     /// The added delay for the next answer: `latency_ms` ± uniform `jitter_ms`, never negative.
-    pub fn delay(&mut self) -> Duration {
+    pub(crate) fn delay(&mut self) -> Duration {
         let base = self.faults.latency_ms as i64;
         let jitter = self.faults.jitter_ms as i64;
         let ms = if jitter > 0 {
@@ -176,7 +176,7 @@ impl FaultPlan {
     }
 
     /// How long a hung request waits, in milliseconds.
-    pub fn hang_ms(&self) -> u64 {
+    pub(crate) fn hang_ms(&self) -> u64 {
         self.faults.hang_ms
     }
 }

@@ -1,16 +1,15 @@
 //! End-to-end: jobs in the database, the real dispatch loop, the in-process emulator.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
-use deregd::emulator::{EmulatorSettings, Faults, Registry};
+use crate::common::*;
 use deregd::worker::RunOptions;
+use onsmqtt_emulator::{EmulatorSettings, Faults, Registry};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn every_job_succeeds_once_and_each_success_is_billed() {
+    let _cpu = cpu_shared().await;
     let app = spawn_app(EmulatorSettings::default()).await;
     app.insert(INSTANCE, &devices("d", 120)).await;
     within(30, app.run_until_empty("testsecret")).await;
@@ -26,6 +25,7 @@ async fn every_job_succeeds_once_and_each_success_is_billed() {
 
 #[tokio::test]
 async fn a_credential_already_gone_ends_not_found() {
+    let _cpu = cpu_shared().await;
     let gone = (
         "post-cn-0pp12gl0001".to_string(),
         "GID_fleet@@@d-3".to_string(),
@@ -52,6 +52,7 @@ async fn a_credential_already_gone_ends_not_found() {
 
 #[tokio::test]
 async fn transient_errors_are_retried_until_success() {
+    let _cpu = cpu_shared().await;
     let app = spawn_app(EmulatorSettings {
         faults: Faults {
             p_internal_error: 0.4,
@@ -76,6 +77,7 @@ async fn transient_errors_are_retried_until_success() {
 
 #[tokio::test]
 async fn a_job_fails_only_when_its_retries_are_spent() {
+    let _cpu = cpu_shared().await;
     let mut app = spawn_app(EmulatorSettings {
         faults: Faults {
             p_internal_error: 1.0,
@@ -97,6 +99,7 @@ async fn a_job_fails_only_when_its_retries_are_spent() {
 
 #[tokio::test]
 async fn an_unreachable_api_never_fails_a_job_before_its_retries_are_spent() {
+    let _cpu = cpu_shared().await;
     let mut app = spawn_app(EmulatorSettings::default()).await;
     // Nothing listens on this port.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -113,6 +116,7 @@ async fn an_unreachable_api_never_fails_a_job_before_its_retries_are_spent() {
 
 #[tokio::test]
 async fn malformed_rows_are_rejected_with_a_reason_and_never_sent() {
+    let _cpu = cpu_shared().await;
     let app = spawn_app(EmulatorSettings::default()).await;
     let bad = vec![
         "".to_string(),
@@ -147,6 +151,7 @@ async fn malformed_rows_are_rejected_with_a_reason_and_never_sent() {
 
 #[tokio::test]
 async fn a_crashed_workers_lease_is_rescued() {
+    let _cpu = cpu_shared().await;
     let app = spawn_app(EmulatorSettings::default()).await;
     app.insert(INSTANCE, &devices("d", 3)).await;
     sqlx::query(
@@ -163,6 +168,7 @@ async fn a_crashed_workers_lease_is_rescued() {
 
 #[tokio::test]
 async fn rows_inserted_by_another_process_while_running_are_picked_up() {
+    let _cpu = cpu_shared().await;
     let app = spawn_app(EmulatorSettings::default()).await;
     let shutdown = CancellationToken::new();
     let run = app.run_with(
@@ -209,6 +215,7 @@ async fn rows_inserted_by_another_process_while_running_are_picked_up() {
 
 #[tokio::test]
 async fn no_sliding_second_holds_more_calls_than_the_ceiling() {
+    let _cpu = cpu_shared().await;
     let mut app = spawn_app(EmulatorSettings::default()).await;
     app.settings.limits.qps = 100;
     app.settings.limits.burst = 2;
@@ -226,6 +233,7 @@ async fn no_sliding_second_holds_more_calls_than_the_ceiling() {
 
 #[tokio::test]
 async fn per_instance_caps_bound_each_instances_calls() {
+    let _cpu = cpu_shared().await;
     let mut app = spawn_app(EmulatorSettings::default()).await;
     app.settings.limits.qps = 200;
     app.settings
@@ -250,6 +258,7 @@ async fn per_instance_caps_bound_each_instances_calls() {
 
 #[tokio::test]
 async fn a_capped_instance_spends_no_account_permit_on_nothing() {
+    let _cpu = cpu_shared().await;
     // One instance, capped well under `qps`: most looks at the buffer find its cap closed. A
     // permit taken from the account's budget then must wait for the cap, not be thrown away
     // (each one thrown away was a call of the account's rate lost).
@@ -280,8 +289,9 @@ async fn a_capped_instance_spends_no_account_permit_on_nothing() {
 
 #[tokio::test]
 async fn v2_signatures_and_sts_tokens_are_accepted() {
+    let _cpu = cpu_shared().await;
     let mut app = spawn_app(EmulatorSettings {
-        keys: vec![deregd::emulator::AccessKey {
+        keys: vec![onsmqtt_emulator::AccessKey {
             id: "stsid".into(),
             secret: "stssecret".into(),
             security_token: Some("token-123".into()),
@@ -325,6 +335,7 @@ async fn v2_signatures_and_sts_tokens_are_accepted() {
 
 #[tokio::test]
 async fn a_wrong_secret_pauses_dispatch_without_failing_any_job() {
+    let _cpu = cpu_shared().await;
     let app = spawn_app(EmulatorSettings::default()).await;
     app.insert(INSTANCE, &devices("d", 200)).await;
     let shutdown = CancellationToken::new();
@@ -360,6 +371,7 @@ async fn a_wrong_secret_pauses_dispatch_without_failing_any_job() {
 
 #[tokio::test]
 async fn calls_stop_at_max_unrecorded_while_outcomes_cannot_be_written() {
+    let _cpu = cpu_shared().await;
     use sqlx::Connection;
     const JOBS: usize = 400;
     const UNRECORDED: i64 = 20;
@@ -404,6 +416,7 @@ async fn calls_stop_at_max_unrecorded_while_outcomes_cannot_be_written() {
 
 #[tokio::test]
 async fn a_pair_queued_by_someone_else_during_a_submission_is_not_queued_twice() {
+    let _cpu = cpu_shared().await;
     use deregd::intake::{Inserted, Submission};
     let app = spawn_app(EmulatorSettings::default()).await;
     app.insert(INSTANCE, &devices("early", 1)).await;

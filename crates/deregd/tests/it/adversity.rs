@@ -3,18 +3,12 @@
 //! In-process runs use the real dispatch loop; process runs spawn the `deregd` binary against an
 //! emulator hosted in the test.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
-use deregd::emulator::{AccessKey, EmulatorSettings, Faults, Registry};
+use crate::common::*;
 use deregd::worker::RunOptions;
+use onsmqtt_emulator::{AccessKey, EmulatorSettings, Faults, Registry};
 use tokio_util::sync::CancellationToken;
-
-/// Tests that measure a rate take this exclusively; the others share it, so no other test of
-/// this file competes for the 2 cores while a rate is measured.
-static CPU: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// Successes per second between `from` and `to` (offsets since the emulator started).
 fn rate_between(offsets: &[Duration], from: Duration, to: Duration) -> f64 {
@@ -24,7 +18,7 @@ fn rate_between(offsets: &[Duration], from: Duration, to: Duration) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_cuts_the_rate_which_settles_near_the_gateway_limit() {
-    let _cpu = CPU.write().await;
+    let _cpu = cpu_exclusive().await;
     let mut app = spawn_app(EmulatorSettings {
         rate_limit: 100,
         ..Default::default()
@@ -85,7 +79,7 @@ fn longest_gap(offsets: &[Duration]) -> Duration {
 
 #[tokio::test]
 async fn a_retry_after_header_delays_the_next_call() {
-    let _cpu = CPU.read().await;
+    let _cpu = cpu_shared().await;
     let run = |retry_after_ms| async move {
         let mut app = spawn_app(EmulatorSettings {
             rate_limit: 20,
@@ -119,7 +113,7 @@ async fn a_retry_after_header_delays_the_next_call() {
 
 #[tokio::test]
 async fn a_wrong_secret_pauses_the_process_and_the_fixed_secret_finishes_the_run() {
-    let _cpu = CPU.read().await;
+    let _cpu = cpu_shared().await;
     let app = spawn_app(EmulatorSettings::default()).await;
     app.insert(INSTANCE, &devices("d", 200)).await;
     let mut cmd = deregd(&app);
@@ -159,7 +153,7 @@ async fn a_wrong_secret_pauses_the_process_and_the_fixed_secret_finishes_the_run
 
 #[tokio::test]
 async fn an_instance_without_permission_is_paused_while_other_instances_finish() {
-    let _cpu = CPU.read().await;
+    let _cpu = cpu_shared().await;
     const FORBIDDEN: &str = "post-cn-forbidden01";
     let app = spawn_app(EmulatorSettings {
         forbidden_instances: vec![FORBIDDEN.into()],
@@ -215,7 +209,7 @@ async fn scalar(app: &App, sql: &str) -> i64 {
 
 #[tokio::test]
 async fn kill_9_three_times_loses_no_job_and_bounds_duplicate_calls() {
-    let _cpu = CPU.read().await;
+    let _cpu = cpu_shared().await;
     const JOBS: i64 = 2400;
     const IN_FLIGHT: u64 = 16;
     let app = spawn_app(EmulatorSettings {
@@ -289,7 +283,7 @@ async fn kill_9_three_times_loses_no_job_and_bounds_duplicate_calls() {
 
 #[tokio::test]
 async fn a_fault_storm_ends_every_job_succeeded_or_not_found() {
-    let _cpu = CPU.read().await;
+    let _cpu = cpu_shared().await;
     const JOBS: usize = 800;
     let mut app = spawn_app(EmulatorSettings {
         faults: Faults {
@@ -335,7 +329,7 @@ async fn a_fault_storm_ends_every_job_succeeded_or_not_found() {
 
 #[tokio::test]
 async fn hostile_rows_are_refused_by_the_schema_or_rejected_and_never_sent() {
-    let _cpu = CPU.read().await;
+    let _cpu = cpu_shared().await;
     let app = spawn_app(EmulatorSettings::default()).await;
     let db = app.db_path();
     // Refused by a named CHECK constraint, with that name in the message.
@@ -514,7 +508,7 @@ async fn hostile_rows_are_refused_by_the_schema_or_rejected_and_never_sent() {
 
 #[tokio::test]
 async fn malformed_configuration_exits_2_naming_the_key() {
-    let _cpu = CPU.read().await;
+    let _cpu = cpu_shared().await;
     let app = spawn_app(EmulatorSettings::default()).await;
     let file = app.dir.path().join("deregd.toml");
     type Case<'a> = (Option<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
@@ -582,7 +576,7 @@ async fn malformed_configuration_exits_2_naming_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrent_sqlite3_writer_neither_fails_nor_slows_the_daemon() {
-    let _cpu = CPU.write().await;
+    let _cpu = cpu_exclusive().await;
     const QPS: f64 = 400.0;
     let app = spawn_app(EmulatorSettings::default()).await;
     app.insert(INSTANCE, &devices("d", 2400)).await;
@@ -647,7 +641,7 @@ async fn a_concurrent_sqlite3_writer_neither_fails_nor_slows_the_daemon() {
 
 #[tokio::test]
 async fn no_secret_or_token_appears_in_logs_database_or_check_output() {
-    let _cpu = CPU.read().await;
+    let _cpu = cpu_shared().await;
     const SECRET: &str = "Zq8sEcReTvAlUe4aB2xY";
     const WRONG: &str = "Wr0ngSeCrEtVaLuE77kk";
     const TOKEN: &str = "STS.tOkEn9MkL3pQ7rS1vW";

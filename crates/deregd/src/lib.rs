@@ -16,7 +16,6 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod dispatcher;
-pub mod emulator;
 pub mod intake;
 pub mod job;
 pub mod limiter;

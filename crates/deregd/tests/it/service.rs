@@ -1,13 +1,11 @@
 //! `deregd run` as a service: sd_notify, graceful stop, single dispatcher, SIGHUP, metrics, and
 //! the unit file. Process-level: the daemon is a child, the emulator runs in the test.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use common::*;
-use deregd::emulator::{EmulatorSettings, Faults};
+use crate::common::*;
+use onsmqtt_emulator::{EmulatorSettings, Faults};
 
 /// A NOTIFY_SOCKET the test reads, as systemd would.
 /// Read continuously, as systemd does (a full queue would block the sender).
@@ -61,6 +59,7 @@ fn slow_emulator() -> EmulatorSettings {
 
 #[tokio::test]
 async fn sigterm_mid_run_finishes_calls_in_flight_and_leaves_nothing_running() {
+    let _cpu = cpu_shared().await;
     let app = spawn_app(slow_emulator()).await;
     app.insert(INSTANCE, &devices("d", 3000)).await;
     let notify = NotifySocket::new();
@@ -109,6 +108,7 @@ async fn sigterm_mid_run_finishes_calls_in_flight_and_leaves_nothing_running() {
 
 #[tokio::test]
 async fn a_second_dispatcher_on_the_same_database_is_refused() {
+    let _cpu = cpu_shared().await;
     let app = spawn_app(EmulatorSettings::default()).await;
     let mut first = deregd(&app);
     first.arg("run");
@@ -147,6 +147,7 @@ async fn a_second_dispatcher_on_the_same_database_is_refused() {
 
 #[tokio::test]
 async fn metrics_are_served_in_prometheus_format() {
+    let _cpu = cpu_shared().await;
     let app = spawn_app(EmulatorSettings::default()).await;
     app.insert(INSTANCE, &devices("d", 50)).await;
     app.insert(INSTANCE, &["GID_bad".to_string()]).await;
@@ -202,6 +203,7 @@ async fn metrics_are_served_in_prometheus_format() {
 
 #[tokio::test]
 async fn sighup_reloads_the_limits_without_a_restart() {
+    let _cpu = cpu_shared().await;
     let app = spawn_app(EmulatorSettings::default()).await;
     let config = app.dir.path().join("deregd.toml");
     std::fs::write(&config, "[limits]\nqps = 20\n").unwrap();
@@ -228,9 +230,10 @@ async fn sighup_reloads_the_limits_without_a_restart() {
 
 #[tokio::test]
 async fn the_unit_file_passes_systemd_analyze_verify() {
+    let _cpu = cpu_shared().await;
     let unit = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/deploy/deregd.service"
+        "/../../deploy/deregd.service"
     ))
     .unwrap();
     for needed in [
@@ -275,7 +278,7 @@ async fn the_unit_file_passes_systemd_analyze_verify() {
     deregd::config::Settings::load_from(
         Some(std::path::Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/deploy/deregd.toml"
+            "/../../deploy/deregd.toml"
         ))),
         &Default::default(),
     )
@@ -284,6 +287,7 @@ async fn the_unit_file_passes_systemd_analyze_verify() {
 
 #[tokio::test]
 async fn a_reload_or_a_stop_during_start_up_is_handled_not_fatal() {
+    let _cpu = cpu_shared().await;
     // The lock file is written first thing, before the database is opened and migrated: a
     // signal sent the moment it appears reaches a daemon still starting up. SIGHUP's default
     // action would kill it (systemd counts that as a clean exit and does not restart it).
@@ -298,7 +302,7 @@ async fn a_reload_or_a_stop_during_start_up_is_handled_not_fatal() {
         cmd.arg("run");
         let child = Child::spawn(cmd);
         let mine = format!("pid {}", child.pid);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         while !std::fs::read_to_string(&lock).is_ok_and(|s| s.contains(&mine)) {
             assert!(
                 started.elapsed() < Duration::from_secs(10),

@@ -18,13 +18,13 @@ use tokio::net::TcpStream;
 
 /// The kernel's receive time of the last bytes read from one connection.
 #[derive(Clone, Default)]
-pub struct LastReceive(Arc<AtomicU64>);
+pub(crate) struct LastReceive(Arc<AtomicU64>);
 
 impl LastReceive {
     /// The receive time of the last read, or `None` if the kernel gave it no stamp (the option
     /// could not be set, or the kernel turns stamping on for the first socket that asks a
     /// moment after it asked). Never later than now.
-    pub fn get(&self) -> Option<Received> {
+    pub(crate) fn get(&self) -> Option<Received> {
         let unix_ns = self.0.load(Ordering::Relaxed);
         if unix_ns == 0 {
             return None;
@@ -42,14 +42,14 @@ impl LastReceive {
 
 /// When a request's bytes reached the kernel, on both clocks.
 #[derive(Debug, Clone, Copy)]
-pub struct Received {
+pub(crate) struct Received {
     pub at: Instant,
     pub unix_us: u64,
 }
 
 impl Received {
     /// Now, for a request without a kernel stamp.
-    pub fn now() -> Received {
+    pub(crate) fn now() -> Received {
         let unix_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
@@ -62,7 +62,7 @@ impl Received {
 }
 
 /// A TCP stream whose reads record the kernel's receive stamp in a [`LastReceive`].
-pub struct StampedStream {
+pub(crate) struct StampedStream {
     inner: TcpStream,
     last: LastReceive,
 }
@@ -70,7 +70,7 @@ pub struct StampedStream {
 impl StampedStream {
     /// Turns receive stamps on for `inner`. If the socket refuses the option, reads still work
     /// and [`LastReceive::get`] stays `None`.
-    pub fn new(inner: TcpStream) -> (StampedStream, LastReceive) {
+    pub(crate) fn new(inner: TcpStream) -> (StampedStream, LastReceive) {
         if let Err(error) = receive_stamps_on(inner.as_raw_fd()) {
             tracing::debug!(%error, "emulator: no receive stamps");
         }
@@ -95,7 +95,7 @@ fn receive_stamps_on(fd: RawFd) -> io::Result<()> {
             libc::SOL_SOCKET,
             libc::SO_TIMESTAMPNS,
             (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if rc == 0 {
@@ -108,7 +108,7 @@ fn receive_stamps_on(fd: RawFd) -> io::Result<()> {
 /// Asks for receive stamps on the listening socket as soon as it is bound. The kernel turns
 /// stamping on for everyone a moment after the first socket asks, so asking only when the first
 /// connection comes in would leave that connection's first requests unstamped.
-pub fn stamp_listener(listener: &tokio::net::TcpListener) {
+pub(crate) fn stamp_listener(listener: &tokio::net::TcpListener) {
     if let Err(error) = receive_stamps_on(listener.as_raw_fd()) {
         tracing::debug!(%error, "emulator: no receive stamps on the listener");
     }
@@ -127,7 +127,7 @@ fn recv_stamped(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    msg.msg_controllen = size_of_val(&control) as _;
     // SAFETY: `msg` points at a live buffer of `buf.len()` bytes and a live control buffer.
     let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
     if n < 0 {
@@ -218,7 +218,7 @@ mod tests {
 
     fn timestamps_on(fd: RawFd) -> bool {
         let mut on: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: a valid open socket, a c_int buffer and its size.
         let rc = unsafe {
             libc::getsockopt(

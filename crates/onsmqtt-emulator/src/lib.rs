@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use deregd::emulator::{Emulator, EmulatorSettings, Faults, Registry};
+//! use onsmqtt_emulator::{Emulator, EmulatorSettings, Faults, Registry};
 //! let emulator = Emulator::start(EmulatorSettings {
 //!     rate_limit: 20,
 //!     registry: Registry::all_except(vec![("mqtt-cn-x", "GID_test@@@never")]),
@@ -379,7 +379,7 @@ fn set_zero_linger(fd: std::os::fd::RawFd) {
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            size_of::<libc::linger>() as libc::socklen_t,
         )
     };
     if rc != 0 {

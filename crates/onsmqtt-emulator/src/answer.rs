@@ -8,11 +8,11 @@ use rand::Rng;
 use serde_json::json;
 
 /// Response body type of every answer.
-pub type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// An error answer in the gateway's format.
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     /// HTTP status.
     pub status: u16,
     /// The gateway's error `Code`.
@@ -23,7 +23,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error answer with `status`, `code` and `message`.
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -32,7 +32,7 @@ impl ApiError {
     }
 
     /// `IncompleteSignature`, saying `why`.
-    pub fn incomplete(why: &str) -> ApiError {
+    pub(crate) fn incomplete(why: &str) -> ApiError {
         ApiError::new(
             400,
             "IncompleteSignature",
@@ -42,7 +42,7 @@ impl ApiError {
 }
 
 /// A RequestId shaped like the gateway's: upper-case hex, 8-4-4-4-12.
-pub fn request_id() -> String {
+pub(crate) fn request_id() -> String {
     let b: [u8; 16] = rand::thread_rng().gen();
     let h = hex::encode_upper(b);
     format!(
@@ -56,7 +56,7 @@ pub fn request_id() -> String {
 }
 
 /// HTTP 200 `{"RequestId": ...}`.
-pub fn success_response() -> Response<Body> {
+pub(crate) fn success_response() -> Response<Body> {
     let id = request_id();
     let body = json!({ "RequestId": id }).to_string();
     let mut resp = raw_response(200, "application/json;charset=utf-8", &body);
@@ -76,7 +76,11 @@ struct ErrorBody<'a> {
 }
 
 /// The gateway's JSON error; throttles may carry `x-acs-retry-after`, in milliseconds.
-pub fn error_response(e: &ApiError, host: &str, retry_after_ms: Option<u64>) -> Response<Body> {
+pub(crate) fn error_response(
+    e: &ApiError,
+    host: &str,
+    retry_after_ms: Option<u64>,
+) -> Response<Body> {
     let id = request_id();
     let recommend = format!(
         "https://api.aliyun.com/troubleshoot?q={}&product=OnsMqtt&requestId={id}",
@@ -100,7 +104,7 @@ pub fn error_response(e: &ApiError, host: &str, retry_after_ms: Option<u64>) -> 
 }
 
 /// A load balancer's HTML 502 page.
-pub fn html_502() -> Response<Body> {
+pub(crate) fn html_502() -> Response<Body> {
     raw_response(
         502,
         "text/html",
@@ -109,7 +113,7 @@ pub fn html_502() -> Response<Body> {
 }
 
 /// A response with `status`, `content_type` and `body`.
-pub fn raw_response(status: u16, content_type: &str, body: &str) -> Response<Body> {
+pub(crate) fn raw_response(status: u16, content_type: &str, body: &str) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
     *resp.status_mut() = StatusCode::from_u16(status).expect("valid status");
     resp.headers_mut().insert(

@@ -1,0 +1,8 @@
+//! deregd's integration tests, one binary: end to end through the real dispatch loop against
+//! the in-process emulator, and process-level through the real `deregd` binary.
+
+mod adversity;
+mod cli;
+mod common;
+mod service;
+mod worker;
