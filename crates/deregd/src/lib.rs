@@ -14,6 +14,7 @@ pub mod billing;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod credentials;
 pub mod db;
 pub mod dispatcher;
 pub mod intake;

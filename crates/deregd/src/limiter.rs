@@ -529,7 +529,7 @@ pub struct Pacer {
     /// How fast credit may be spent.
     spacing: Spacing,
     instances: HashMap<String, DefaultDirectRateLimiter>,
-    caps: HashMap<String, i64>,
+    caps: HashMap<String, u32>,
     origin: Instant,
     accepted: SlidingCount,
     /// Overload answers over the last second.
@@ -541,7 +541,7 @@ pub struct Pacer {
 impl Pacer {
     pub fn new(limits: &LimitsSettings) -> Pacer {
         let ceiling = limits.qps as f64;
-        let burst = limits.burst as u32;
+        let burst = limits.burst;
         let mut pacer = Pacer {
             burst,
             adaptive: AdaptiveRate::new(ceiling),
@@ -564,7 +564,7 @@ impl Pacer {
         pacer
     }
 
-    fn set_caps(&mut self, caps: &std::collections::BTreeMap<String, i64>) {
+    fn set_caps(&mut self, caps: &std::collections::BTreeMap<String, u32>) {
         self.instances = caps
             .iter()
             .map(|(id, cap)| {
@@ -577,7 +577,7 @@ impl Pacer {
 
     /// Applies reloaded `limits.*` (SIGHUP).
     pub fn reload(&mut self, limits: &LimitsSettings) {
-        self.burst = limits.burst as u32;
+        self.burst = limits.burst;
         self.adaptive.set_ceiling(limits.qps as f64);
         self.window.set_limit(window_limit(limits.qps as f64));
         self.set_caps(&limits.instance_tps);
@@ -727,13 +727,13 @@ mod tests {
     use super::*;
     use governor::clock::FakeRelativeClock;
 
-    fn limits(qps: i64, burst: i64) -> LimitsSettings {
+    fn limits(qps: u32, burst: u32) -> LimitsSettings {
         LimitsSettings {
             qps,
             burst,
             max_in_flight: 64,
             max_unrecorded: 1000,
-            pause_probe_secs: 60,
+            pause_probe: Duration::from_secs(60),
             instance_tps: Default::default(),
         }
     }

@@ -10,8 +10,7 @@ use crate::config::RetrySettings;
 
 /// The delay before the call that follows call number `attempt` (1-based) failed transiently.
 pub fn delay_after(settings: &RetrySettings, attempt: i64) -> Duration {
-    let base = Duration::from_millis(settings.base_delay_ms as u64);
-    let max = Duration::from_millis(settings.max_delay_ms as u64);
+    let (base, max) = (settings.base_delay, settings.max_delay);
     // backon's jitter adds [0, d) to d; halving min and max gives [d/2, d).
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(base / 2)
@@ -28,11 +27,11 @@ pub fn delay_after(settings: &RetrySettings, attempt: i64) -> Duration {
 mod tests {
     use super::*;
 
-    fn settings(base: i64, max: i64) -> RetrySettings {
+    fn settings(base: u64, max: u64) -> RetrySettings {
         RetrySettings {
             max_attempts: 8,
-            base_delay_ms: base,
-            max_delay_ms: max,
+            base_delay: Duration::from_millis(base),
+            max_delay: Duration::from_millis(max),
         }
     }
 

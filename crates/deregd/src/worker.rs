@@ -197,13 +197,13 @@ impl Dispatcher {
         shared: Shared,
     ) -> Dispatcher {
         let (results_tx, results_rx) = mpsc::unbounded_channel();
-        let max_in_flight = settings.limits.max_in_flight as u32;
+        let max_in_flight = settings.limits.max_in_flight;
         Dispatcher {
             pacer: Pacer::new(&settings.limits),
             slots: Arc::new(Semaphore::new(max_in_flight as usize)),
             max_in_flight,
             unrecorded,
-            max_unrecorded: settings.limits.max_unrecorded as u32,
+            max_unrecorded: settings.limits.max_unrecorded,
             db,
             client,
             settings,
@@ -230,7 +230,7 @@ impl Dispatcher {
         shutdown: &CancellationToken,
         options: RunOptions,
     ) -> anyhow::Result<()> {
-        let poll = Duration::from_millis(self.settings.worker.poll_interval_ms as u64);
+        let poll = self.settings.worker.poll_interval;
         loop {
             while let Ok(result) = self.results_rx.try_recv() {
                 self.handle(result);
@@ -373,7 +373,7 @@ impl Dispatcher {
         if want == 0 || self.claiming.is_some() || self.paused.is_some() && !self.probing {
             return;
         }
-        let lease_until = now_ms() + self.settings.worker.lease_secs * 1000;
+        let lease_until = now_ms() + self.settings.worker.lease.as_millis() as i64;
         let excluded: Vec<String> = self.paused_instances.keys().cloned().collect();
         let (db, owner) = (self.db.clone(), self.owner.clone());
         self.claiming = Some(tokio::spawn(async move {
@@ -544,7 +544,7 @@ impl Dispatcher {
                 completion.code = Some(code.clone());
                 completion.message = Some(message);
                 completion.request_id = request_id;
-                if attempt >= self.settings.retry.max_attempts {
+                if attempt >= i64::from(self.settings.retry.max_attempts) {
                     tracing::warn!(job.id = job.id, api.code = %code, job.attempts = attempt, "failed: retries spent");
                     completion.status = Status::Failed;
                 } else {
@@ -593,7 +593,7 @@ impl Dispatcher {
     }
 
     fn pause(&mut self, scope: PauseScope, instance_id: &str, reason: PauseReason) {
-        let probe = Duration::from_secs(self.settings.limits.pause_probe_secs as u64);
+        let probe = self.settings.limits.pause_probe;
         let probe_at = Instant::now() + probe;
         match scope {
             PauseScope::Account => {
@@ -655,15 +655,19 @@ impl Dispatcher {
     fn reload(&mut self) {
         if let Some(limits) = self.shared.new_limits.lock().expect("not poisoned").take() {
             self.pacer.reload(&limits);
-            let extra = limits.max_in_flight - self.settings.limits.max_in_flight;
+            let extra = limits
+                .max_in_flight
+                .saturating_sub(self.settings.limits.max_in_flight);
             if extra > 0 {
                 self.slots.add_permits(extra as usize);
-                self.max_in_flight += extra as u32;
+                self.max_in_flight += extra;
             }
-            let extra = limits.max_unrecorded - self.settings.limits.max_unrecorded;
+            let extra = limits
+                .max_unrecorded
+                .saturating_sub(self.settings.limits.max_unrecorded);
             if extra > 0 {
                 self.unrecorded.add_permits(extra as usize);
-                self.max_unrecorded += extra as u32;
+                self.max_unrecorded += extra;
             }
             tracing::info!(limits.qps = limits.qps, limits.burst = limits.burst, limits.max_in_flight = self.max_in_flight,
                 limits.max_unrecorded = self.max_unrecorded, limits.instance_tps = ?limits.instance_tps, "reloaded limits");
@@ -749,8 +753,7 @@ impl Dispatcher {
             }
         }
         self.release_buffer(|_| true);
-        let bound = Duration::from_secs(self.settings.worker.shutdown_grace_secs as u64)
-            + Duration::from_millis(self.settings.api.request_timeout_ms as u64);
+        let bound = self.settings.worker.shutdown_grace + self.settings.api.request_timeout;
         let deadline = tokio::time::Instant::now() + bound;
         if self.in_flight > 0 && shutdown.is_cancelled() {
             tracing::info!(

@@ -20,7 +20,8 @@ use rand::RngCore;
 
 use super::signer::{self, sign_v2, sign_v3, CallToSign, SigningKey};
 use super::{ACTION, API_VERSION};
-use crate::config::{Credentials, Settings, SignatureVersion};
+use crate::config::{Settings, SignatureVersion};
+use crate::credentials::Credentials;
 use crate::limiter::SendTicket;
 
 /// An HTTP answer, whatever its status.
@@ -104,7 +105,7 @@ impl ApiClient {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(settings.connect_timeout()));
+        tcp.set_connect_timeout(Some(settings.api.connect_timeout));
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -139,7 +140,7 @@ impl ApiClient {
             credentials,
             key,
             signature: settings.api.signature,
-            timeout: settings.request_timeout(),
+            timeout: settings.api.request_timeout,
         })
     }
 

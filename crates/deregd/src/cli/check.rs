@@ -2,7 +2,8 @@
 
 use clap::Args;
 
-use crate::config::{Credentials, Settings};
+use crate::config::Settings;
+use crate::credentials::Credentials;
 use crate::db::Db;
 
 #[derive(Debug, Args)]

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiClient;
 use crate::billing;
-use crate::config::{Credentials, Secret, Settings};
+use crate::config::Settings;
+use crate::credentials::{Credentials, Secret};
 use crate::db::Db;
 use crate::worker::{self, RunOptions, Shared};
 use onsmqtt_emulator::{Emulator, EmulatorSettings, Faults, Registry};
@@ -25,7 +26,7 @@ pub struct DemoArgs {
     pub devices: usize,
     /// Ceiling on calls per second (default: limits.qps).
     #[arg(long)]
-    pub qps: Option<i64>,
+    pub qps: Option<u32>,
     /// Light transient faults in the emulator (SystemOverFlow, InternalError, resets, hangs,
     /// malformed answers).
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
@@ -59,11 +60,11 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         settings.limits.qps = qps;
     }
     // Quick retries and timeouts so a rehearsal of a few thousand devices takes seconds.
-    settings.retry.base_delay_ms = 200;
-    settings.retry.max_delay_ms = 3000;
-    settings.api.request_timeout_ms = 2000;
-    settings.api.connect_timeout_ms = 1000;
-    settings.worker.lease_secs = settings.worker.lease_secs.max(10);
+    settings.retry.base_delay = Duration::from_millis(200);
+    settings.retry.max_delay = Duration::from_millis(3000);
+    settings.api.request_timeout = Duration::from_millis(2000);
+    settings.api.connect_timeout = Duration::from_millis(1000);
+    settings.worker.lease = settings.worker.lease.max(Duration::from_secs(10));
     let faults_on = args.faults == "on";
     let run_label = format!("demo-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"));
 

@@ -8,7 +8,8 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiClient;
-use crate::config::{Credentials, Settings};
+use crate::config::Settings;
+use crate::credentials::Credentials;
 use crate::db::Db;
 use crate::worker::{self, RunOptions, Shared};
 use crate::{metrics, systemd};

@@ -301,11 +301,11 @@ async fn a_fault_storm_ends_every_job_succeeded_or_not_found() {
         ..Default::default()
     })
     .await;
-    app.settings.api.request_timeout_ms = 500;
+    app.settings.api.request_timeout = Duration::from_millis(500);
     app.settings.limits.qps = 300;
     app.settings.retry.max_attempts = 30;
-    app.settings.retry.base_delay_ms = 10;
-    app.settings.retry.max_delay_ms = 200;
+    app.settings.retry.base_delay = Duration::from_millis(10);
+    app.settings.retry.max_delay = Duration::from_millis(200);
     app.settings.validate().unwrap();
     let clients = devices("d", JOBS);
     app.insert(INSTANCE, &clients).await;

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use deregd::api::ApiClient;
-use deregd::config::{Credentials, Secret, Settings};
+use deregd::config::Settings;
+use deregd::credentials::{Credentials, Secret};
 use deregd::db::Db;
 use deregd::worker::{self, RunOptions, Shared};
 use onsmqtt_emulator::{Emulator, EmulatorSettings};
@@ -33,17 +34,17 @@ pub(crate) fn fast_settings(db_path: PathBuf, endpoint: &str) -> Settings {
     let mut s = Settings::load_from(None, &BTreeMap::new()).expect("defaults are valid");
     s.database.path = db_path;
     s.api.endpoint = endpoint.to_string();
-    s.api.request_timeout_ms = 2000;
-    s.api.connect_timeout_ms = 1000;
+    s.api.request_timeout = Duration::from_millis(2000);
+    s.api.connect_timeout = Duration::from_millis(1000);
     s.limits.qps = 450;
     s.limits.max_in_flight = 32;
-    s.limits.pause_probe_secs = 60;
-    s.retry.base_delay_ms = 10;
-    s.retry.max_delay_ms = 100;
+    s.limits.pause_probe = Duration::from_secs(60);
+    s.retry.base_delay = Duration::from_millis(10);
+    s.retry.max_delay = Duration::from_millis(100);
     s.retry.max_attempts = 8;
-    s.worker.poll_interval_ms = 50;
-    s.worker.lease_secs = 30;
-    s.worker.shutdown_grace_secs = 2;
+    s.worker.poll_interval = Duration::from_millis(50);
+    s.worker.lease = Duration::from_secs(30);
+    s.worker.shutdown_grace = Duration::from_secs(2);
     s.validate().expect("test settings are valid");
     s
 }

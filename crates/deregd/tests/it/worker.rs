@@ -301,10 +301,10 @@ async fn v2_signatures_and_sts_tokens_are_accepted() {
     .await;
     app.settings.api.signature = deregd::config::SignatureVersion::V2;
     app.insert(INSTANCE, &devices("d", 5)).await;
-    let creds = deregd::config::Credentials {
+    let creds = deregd::credentials::Credentials {
         access_key_id: "stsid".into(),
-        access_key_secret: deregd::config::Secret::new("stssecret"),
-        security_token: Some(deregd::config::Secret::new("token-123")),
+        access_key_secret: deregd::credentials::Secret::new("stssecret"),
+        security_token: Some(deregd::credentials::Secret::new("token-123")),
     };
     within(
         30,
@@ -374,7 +374,7 @@ async fn calls_stop_at_max_unrecorded_while_outcomes_cannot_be_written() {
     let _cpu = cpu_shared().await;
     use sqlx::Connection;
     const JOBS: usize = 400;
-    const UNRECORDED: i64 = 20;
+    const UNRECORDED: u32 = 20;
     let mut app = spawn_app(EmulatorSettings::default()).await;
     app.settings.limits.qps = 200;
     app.settings.limits.max_in_flight = 8;
