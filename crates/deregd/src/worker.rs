@@ -45,7 +45,8 @@ impl std::fmt::Display for PauseReason {
 /// Live counters, shared with status lines and metrics.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct DispatchStats {
-    /// Calls answered or failed in transport, by code (`OK` for success).
+    /// Calls answered or failed in transport, by code (`OK` for success; codes outside the
+    /// known set as `other`).
     pub calls_by_code: BTreeMap<String, u64>,
     /// Billed (2xx) calls per instance.
     pub billed_by_instance: BTreeMap<String, u64>,
@@ -490,7 +491,9 @@ impl Dispatcher {
         let code = outcome.code().to_string();
         self.stats(|s| {
             s.calls += 1;
-            *s.calls_by_code.entry(code.clone()).or_default() += 1;
+            *s.calls_by_code
+                .entry(crate::outcome::metric_code(&code).to_string())
+                .or_default() += 1;
             if billed {
                 s.billed += 1;
                 *s.billed_by_instance

@@ -1,85 +1,24 @@
-//! One signed `UnRegisterDeviceCredential` call over HTTP. Returns the raw answer (status, the
-//! headers we use, body) or the transport error; it never interprets codes. One pooled HTTP client
-//! is built at start-up and shared; every call gets a fresh timestamp, nonce and signature.
+//! One signed OpenAPI call: the action, its parameters, a fresh timestamp, nonce and
+//! signature on every attempt, over the shared transport ([`super::http`]). Returns the raw
+//! answer or the transport error; it never interprets codes ([`crate::outcome`] does).
 
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, USER_AGENT};
 use hyper::{Method, Request, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rand::RngCore;
 
+use super::http::{Answer, Http, HttpOptions, StampedEmpty, TransportError};
 use super::signer::{self, sign_v2, sign_v3, CallToSign, SigningKey};
-use super::{ACTION, API_VERSION};
+use super::{Action, API_VERSION};
 use crate::config::{Settings, SignatureVersion};
 use crate::credentials::Credentials;
 use crate::limiter::SendTicket;
 
-/// An HTTP answer, whatever its status.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub status: u16,
-    pub body: Bytes,
-    /// `x-acs-request-id`, when the gateway sent it.
-    pub request_id: Option<String>,
-    /// `x-acs-retry-after`, when the gateway sent it.
-    pub retry_after: Option<Duration>,
-}
-
-/// No HTTP answer at all.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum TransportError {
-    #[error("no answer within the request timeout")]
-    Timeout,
-    #[error("could not connect: {0}")]
-    Connect(String),
-    #[error("connection failed: {0}")]
-    Broken(String),
-}
-
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
-/// A call's empty request body, carrying its send ticket. hyper asks a request's body whether
-/// it has ended just as its connection takes the request to write the head, and flushes the
-/// head to the socket in the same turn: that moment stamps the ticket, so the pacer's window
-/// counts the call from when it left, not from its permit. (hyper 1 asks nowhere else on
-/// this path; the client's tests pin the stamp between the permit and the peer's read.)
-struct StampedEmpty(SendTicket);
-
-impl Body for StampedEmpty {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(None)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.writing();
-        true
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(0)
-    }
-}
-
 /// The signed-call client: endpoint, credentials and scheme fixed at start-up.
 #[derive(Clone)]
 pub struct ApiClient {
-    http: Client<Connector, StampedEmpty>,
+    http: Http,
     /// `scheme://authority/path?`: each call appends its query.
     url_prefix: Arc<str>,
     host: String,
@@ -87,7 +26,6 @@ pub struct ApiClient {
     /// The AccessKeySecret, made ready once for the scheme in use.
     key: Arc<SigningKey>,
     signature: SignatureVersion,
-    timeout: Duration,
 }
 
 impl ApiClient {
@@ -102,32 +40,11 @@ impl ApiClient {
         base.set_query(None);
         base.set_fragment(None);
         let url_prefix: Arc<str> = format!("{base}?").into();
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(settings.api.connect_timeout));
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        })
-        .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
-        // hyper's pooled client without reqwest's layers: those (URL re-parsing, header maps
-        // built twice, per-request policy objects) cost about a quarter of the CPU of a call.
-        // No redirects are followed: the API never redirects, and a signed call must not go on
-        // to another host.
-        let http = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(50))
-            .pool_max_idle_per_host(settings.limits.max_in_flight as usize)
-            .build(connector);
+        let http = Http::new(&HttpOptions {
+            connect_timeout: settings.api.connect_timeout,
+            request_timeout: settings.api.request_timeout,
+            max_idle_per_host: settings.limits.max_in_flight as usize,
+        })?;
         let secret = credentials.access_key_secret.expose();
         let key = Arc::new(match settings.api.signature {
             SignatureVersion::V3 => SigningKey::v3(secret),
@@ -140,7 +57,6 @@ impl ApiClient {
             credentials,
             key,
             signature: settings.api.signature,
-            timeout: settings.api.request_timeout,
         })
     }
 
@@ -149,24 +65,35 @@ impl ApiClient {
         &self.credentials.access_key_id
     }
 
-    /// Sends one call for `(instance_id, client_id)`, signed now. `ticket` is stamped as the
-    /// request goes to its socket (or dropped unstamped when it never does).
+    /// `UnRegisterDeviceCredential` for `(instance_id, client_id)`, signed now. `ticket` is
+    /// stamped as the request goes to its socket (or dropped unstamped when it never does).
     pub async fn unregister(
         &self,
         instance_id: &str,
         client_id: &str,
         ticket: SendTicket,
     ) -> Result<Answer, TransportError> {
+        let params = [("ClientId", client_id), ("InstanceId", instance_id)];
+        self.call(Action::UnRegister, &params, StampedEmpty::paced(ticket))
+            .await
+    }
+
+    /// One call of `action` with `params`, signed now.
+    pub async fn call(
+        &self,
+        action: Action,
+        params: &[(&str, &str)],
+        body: StampedEmpty,
+    ) -> Result<Answer, TransportError> {
         let timestamp = signer::timestamp(chrono::Utc::now());
         let mut nonce_bytes = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut nonce_bytes);
         let nonce = hex::encode(nonce_bytes);
-        let params = [("ClientId", client_id), ("InstanceId", instance_id)];
         let call = CallToSign {
             host: &self.host,
-            action: ACTION,
+            action: action.name(),
             version: API_VERSION,
-            params: &params,
+            params,
             access_key_id: &self.credentials.access_key_id,
             key: &self.key,
             security_token: self.credentials.security_token.as_ref().map(|s| s.expose()),
@@ -182,7 +109,7 @@ impl ApiClient {
             TransportError::Broken(format!("cannot build the request: {e}"))
         };
         // The request is put together in place: the builder would move it on every header.
-        let mut request = Request::new(StampedEmpty(ticket));
+        let mut request = Request::new(body);
         *request.method_mut() = Method::POST;
         *request.uri_mut() = Uri::try_from(uri).map_err(|e| bad_request(&e))?;
         let headers = request.headers_mut();
@@ -197,52 +124,8 @@ impl ApiClient {
             let value = HeaderValue::from_str(value).map_err(|e| bad_request(&e))?;
             headers.insert(HeaderName::from_static(name), value);
         }
-        let exchange = async {
-            let response = self.http.request(request).await.map_err(transport_error)?;
-            let (head, body) = response.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| TransportError::Broken(innermost(&e)))?
-                .to_bytes();
-            Ok::<_, TransportError>((head, body))
-        };
-        let (head, body) = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| TransportError::Timeout)??;
-        let header = |name: &str| {
-            head.headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        Ok(Answer {
-            status: head.status.as_u16(),
-            body,
-            request_id: header("x-acs-request-id"),
-            retry_after: header("x-acs-retry-after")
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_millis),
-        })
+        self.http.exchange(request).await
     }
-}
-
-/// Maps the HTTP client's error to ours by its innermost cause. The URL is never part of it
-/// (it holds the signature for V2).
-fn transport_error(error: hyper_util::client::legacy::Error) -> TransportError {
-    if error.is_connect() {
-        TransportError::Connect(innermost(&error))
-    } else {
-        TransportError::Broken(innermost(&error))
-    }
-}
-
-fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut last = error;
-    while let Some(inner) = last.source() {
-        last = inner;
-    }
-    last.to_string()
 }
 
 #[cfg(test)]
@@ -250,7 +133,9 @@ mod tests {
     use std::collections::BTreeMap;
     use std::time::Instant;
 
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use tokio::net::TcpListener;
 
     use super::*;

@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 use crate::api::{Answer, TransportError};
 
+mod sanitize;
+
 /// Who a pause applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PauseScope {
@@ -92,9 +94,6 @@ struct Body {
     message: Option<String>,
 }
 
-/// Longest message kept from an answer, characters.
-const MAX_MESSAGE: usize = 300;
-
 /// Maps an answer (or its absence) to an [`Outcome`].
 pub fn classify(answer: &Result<Answer, TransportError>) -> Classified {
     let answer = match answer {
@@ -104,11 +103,12 @@ pub fn classify(answer: &Result<Answer, TransportError>) -> Classified {
                 TransportError::Timeout => "Timeout",
                 TransportError::Connect(_) => "ConnectError",
                 TransportError::Broken(_) => "ConnectionBroken",
+                TransportError::Oversized { .. } => "OversizedAnswer",
             };
             return Classified {
                 outcome: Outcome::Retry {
                     code: code.into(),
-                    message: shorten(&error.to_string()),
+                    message: sanitize::transport(&error.to_string()),
                     request_id: None,
                     pressure: None,
                     retry_after: None,
@@ -121,8 +121,9 @@ pub fn classify(answer: &Result<Answer, TransportError>) -> Classified {
     let body: Option<Body> = serde_json::from_slice(&answer.body).ok();
     let request_id = body
         .as_ref()
-        .and_then(|b| b.request_id.clone())
-        .or_else(|| answer.request_id.clone());
+        .and_then(|b| b.request_id.as_deref())
+        .or(answer.request_id.as_deref())
+        .and_then(sanitize::request_id);
     let outcome = match body {
         Some(Body {
             code: None,
@@ -135,23 +136,15 @@ pub fn classify(answer: &Result<Answer, TransportError>) -> Classified {
             ..
         }) => by_code(
             answer,
-            code,
-            clean_message(message.as_deref().unwrap_or("")),
+            sanitize::code(&code),
+            sanitize::message(message.as_deref().unwrap_or("")),
             request_id,
         ),
         _ => {
             // Not the JSON it should be: a proxy's HTML page, a truncated body, nothing at all.
-            let what = if answer.body.is_empty() {
-                "empty body".to_string()
-            } else {
-                format!(
-                    "unexpected body: {}",
-                    shorten(&String::from_utf8_lossy(&answer.body))
-                )
-            };
             Outcome::Retry {
                 code: format!("HTTP{}", answer.status),
-                message: format!("HTTP {} with {what}", answer.status),
+                message: sanitize::foreign_body(answer.status, &answer.body),
                 request_id,
                 pressure: status_pressure(answer.status),
                 retry_after: answer.retry_after,
@@ -235,35 +228,78 @@ fn by_code(answer: &Answer, code: String, message: String, request_id: Option<St
     }
 }
 
+/// Every code an answer is known to carry, plus deregd's own for transport errors: the codes
+/// metrics are labelled with. Anything else is counted as [`OTHER_CODE`], so a gateway (or a
+/// hostile peer) inventing codes cannot make series without end.
+const KNOWN_CODES: &[&str] = &[
+    "OK",
+    "DeviceCredentialNotFound",
+    "Throttling",
+    "Throttling.User",
+    "Throttling.Api",
+    "SystemOverFlow",
+    "ApplyTokenOverFlow",
+    "ServiceUnavailable",
+    "InternalError",
+    "SignatureNonceUsed",
+    "ParameterCheckFailed",
+    "MissingParameter",
+    "MissingClientId",
+    "MissingInstanceId",
+    "InvalidParameter.ClientId",
+    "InvalidParameter.InstanceId",
+    "InvalidParameter.GroupId",
+    "SignatureDoesNotMatch",
+    "IncompleteSignature",
+    "InvalidAccessKeyId.NotFound",
+    "InvalidAccessKeyId.Inactive",
+    "InvalidSecurityToken.Expired",
+    "InvalidSecurityToken.Malformed",
+    "InvalidSecurityToken.MismatchWithAccessKey",
+    "InvalidTimeStamp.Format",
+    "InvalidTimeStamp.Expired",
+    "CheckAccountInfoFailed",
+    "Forbidden.RAM",
+    "ApiNotSupport",
+    "InvalidAction.NotFound",
+    "InvalidApi.NotFound",
+    "InvalidVersion",
+    "InstancePermissionCheckFailed",
+    "PermissionCheckFailed",
+    "Timeout",
+    "ConnectError",
+    "ConnectionBroken",
+    "OversizedAnswer",
+    "InvalidInput",
+    "HTTP200",
+    "HTTP400",
+    "HTTP403",
+    "HTTP404",
+    "HTTP429",
+    "HTTP500",
+    "HTTP502",
+    "HTTP503",
+    "HTTP504",
+];
+
+/// The label for codes outside [`KNOWN_CODES`].
+pub const OTHER_CODE: &str = "other";
+
+/// The metrics label of `code`: itself when known, else [`OTHER_CODE`].
+pub fn metric_code(code: &str) -> &'static str {
+    KNOWN_CODES
+        .iter()
+        .find(|known| **known == code)
+        .copied()
+        .unwrap_or(OTHER_CODE)
+}
+
 fn status_pressure(status: u16) -> Option<Pressure> {
     match status {
         429 => Some(Pressure::Throttled),
         503 => Some(Pressure::Overloaded),
         _ => None,
     }
-}
-
-/// Drops the gateway's echo of the string to sign (with V2 it holds the STS token) and bounds
-/// the length, so a message is safe to store and log.
-fn clean_message(message: &str) -> String {
-    let message = match message.find(" server string to sign is:") {
-        Some(at) => &message[..at],
-        None => message,
-    };
-    shorten(message)
-}
-
-fn shorten(text: &str) -> String {
-    let text = text.trim();
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_MESSAGE)
-        .collect();
-    if text.chars().count() > MAX_MESSAGE {
-        out.push('…');
-    }
-    out
 }
 
 #[cfg(test)]
@@ -405,6 +441,38 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn hostile_answers_are_bounded_and_their_codes_fold_into_a_few_labels() {
+        let huge = "X".repeat(10 * 1024 * 1024);
+        let body = format!(r#"{{"RequestId":"{huge}","Code":"{huge}","Message":"{huge}"}}"#);
+        let c = classify(&answer(400, &body));
+        let Outcome::Retry {
+            code,
+            message,
+            request_id,
+            ..
+        } = c.outcome
+        else {
+            panic!("an unknown code is retried");
+        };
+        assert_eq!(code.len(), 64);
+        assert_eq!(request_id.map(|r| r.len()), Some(64));
+        assert!(message.chars().count() <= 301, "{}", message.len());
+        assert_eq!(metric_code(&code), OTHER_CODE);
+        assert_eq!(metric_code("Throttling.User"), "Throttling.User");
+        let labels: std::collections::BTreeSet<&str> = (0..6000)
+            .map(|i| metric_code(&format!("Weird{i}")))
+            .collect();
+        assert_eq!(labels.len(), 1);
+        let c = classify(&Err(TransportError::Oversized {
+            status: 200,
+            limit: 65536,
+        }));
+        assert_eq!(kind(&c.outcome), "retry");
+        assert_eq!(c.outcome.code(), "OversizedAnswer");
+        assert!(!c.billed);
     }
 
     #[test]
