@@ -17,9 +17,9 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 use deregd::clock::now_ms;
-use deregd::db::Db;
 use deregd::job::Status;
-use deregd::queue::{self, Completion};
+use deregd::store::jobs::{self, Completion};
+use deregd::store::Store;
 
 /// The repository's root: bench/run's scripts and notes live there.
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
@@ -780,15 +780,15 @@ fn headroom_section(dir: &Path, sizes: &Sizes, report: &mut Report) -> Result<()
 
 async fn headroom(dir: &Path, label: &str, jobs: usize, batch: i64) -> Result<f64> {
     let path = dir.join(format!("headroom-{label}.db"));
-    let db = Db::open(&path).await?;
+    let db = Store::open(&path).await?;
     let ids: Vec<String> = (0..jobs).map(|i| format!("GID_bench@@@hr{i:08}")).collect();
     let pairs: Vec<(&str, &str)> = ids.iter().map(|c| (INSTANCE, c.as_str())).collect();
-    deregd::intake::submit(&db, &pairs, "headroom").await?;
+    deregd::store::submit::submit(&db, &pairs, "headroom").await?;
     let owner = "bench-headroom";
     let started = Instant::now();
     let mut done = 0usize;
     loop {
-        let claimed = queue::claim(&db, owner, batch, now_ms() + 60_000, &[]).await?;
+        let claimed = jobs::claim(&db, owner, batch, now_ms() + 60_000, &[]).await?;
         if claimed.is_empty() {
             break;
         }
@@ -807,7 +807,7 @@ async fn headroom(dir: &Path, label: &str, jobs: usize, batch: i64) -> Result<f6
                 billed_second: Some(second),
             })
             .collect();
-        let updated = queue::complete(&db, owner, &completions).await?;
+        let updated = jobs::complete(&db, owner, &completions).await?;
         ensure!(updated as usize == claimed.len(), "complete lost jobs");
         done += claimed.len();
     }
@@ -1116,6 +1116,7 @@ fn deregd(db: &Path, emulator: Option<&EmulatorProc>, qps: u32) -> Command {
     cmd.env_remove("DEREGD_CONFIG")
         .env("DEREGD_DATABASE__PATH", db)
         .env("DEREGD_LIMITS__QPS", qps.to_string())
+        .env("DEREGD_API__SOURCE_ADDRESSES", source_addresses(qps))
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", "testid")
         .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "testsecret")
         .stdin(Stdio::null())
@@ -1124,6 +1125,17 @@ fn deregd(db: &Path, emulator: Option<&EmulatorProc>, qps: u32) -> Command {
         cmd.env("DEREGD_API__ENDPOINT", format!("http://{}", e.address()));
     }
     cmd
+}
+
+/// Source addresses for a cap: one source address may carry `limits.source_qps` (280), so a
+/// cap above it is spread over two loopback addresses, as a host with two egress addresses
+/// would be (the emulator counts each source's calls).
+fn source_addresses(qps: u32) -> &'static str {
+    if qps > 280 {
+        "127.0.0.1,127.0.0.2"
+    } else {
+        ""
+    }
 }
 
 fn submit(db: &Path, ids: &Path, run: &str) -> Result<()> {
@@ -1413,7 +1425,7 @@ its `content-length`; no HTTP library, queue, database or retries; one timer tic
 a current-thread runtime. It is what one signed exchange costs on this host. \
 \"deregd vs the floor\" is the median of the ratios of each deregd run to the floor run after \
 it, so each ratio compares two runs made within a minute or two of each other.
-- **Queue headroom**: in-process, the real `deregd::queue::claim` and `deregd::queue::complete` \
+- **Queue headroom**: in-process, the real `deregd::store::jobs::claim` and `deregd::store::jobs::complete` \
 on a fresh WAL database with the daemon's pragmas; each claimed job is completed at once as \
 succeeded with a request id and a `tps_usage` count (what a real success writes). Batched: claim \
 256, complete those 256 in one transaction. Single: claim 1, complete 1, per transaction.

@@ -1,30 +1,27 @@
 //! deregd: deregisters ApsaraMQ for MQTT device credentials in bulk, through the vendor's
 //! `UnRegisterDeviceCredential` OpenAPI, from a SQLite job queue.
 //!
-//! Layout: [`config`] (settings), [`db`] (pools, migrations), [`queue`] (the jobs table),
-//! [`billing`] (tps_usage), [`job`] (input rules), [`api`] (signing, HTTP), [`outcome`] (the one
-//! classifier), [`limiter`] (pacing), [`retry`] (delays), [`worker`] (the dispatch loop),
-//! [`dispatcher`] (single-instance lock, heartbeat), [`systemd`] (notify, watchdog),
-//! [`metrics`] (Prometheus), [`emulator`] (local stand-in of the API),
-//! [`intake`] (bulk submission), [`runs`] (operator queries and bulk changes over runs),
+//! Layout: [`config`] (settings), [`credentials`] (what calls are signed with), [`api`]
+//! (signing, the transport, one signed call), [`outcome`] (the one classifier of answers, and
+//! what each writes), [`pacing`] (budgets: GCRA, send window, adaptive rate), [`worker`] (the
+//! dispatch loop, claims, pauses, the recorder), [`store`] (every SQL statement, by table),
+//! [`intake`] (parsing submissions), [`job`] (input rules), [`retry`] (delays), [`lock`] (one
+//! dispatcher per database), [`systemd`] (notify, watchdog), [`metrics`] (Prometheus),
 //! [`cli`] (one module per subcommand).
 
 pub mod api;
-pub mod billing;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod credentials;
-pub mod db;
-pub mod dispatcher;
 pub mod intake;
 pub mod job;
-pub mod limiter;
+pub mod lock;
 pub mod metrics;
 pub mod outcome;
-pub mod queue;
+pub(crate) mod pacing;
 pub mod retry;
-pub mod runs;
+pub mod store;
 pub mod systemd;
 pub mod telemetry;
 pub mod worker;

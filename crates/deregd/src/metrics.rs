@@ -12,13 +12,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use sqlx::Row;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::db::Db;
 use crate::job::Status;
+use crate::store::jobs::JobCounts;
+use crate::store::Store;
 use crate::worker::{DispatchStats, Shared};
 
 /// The loop counts as stuck after this long without a turn, milliseconds.
@@ -27,7 +27,7 @@ pub const STUCK_AFTER_MS: i64 = 30_000;
 /// Binds `listen` and serves until `shutdown`. Returns the bound address.
 pub async fn serve(
     listen: SocketAddr,
-    db: Db,
+    db: Store,
     shared: Shared,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
@@ -59,11 +59,11 @@ pub async fn serve(
     Ok(addr)
 }
 
-async fn answer(path: &str, db: &Db, shared: &Shared) -> Response<Full<Bytes>> {
+async fn answer(path: &str, db: &Store, shared: &Shared) -> Response<Full<Bytes>> {
     let stats = shared.stats.lock().expect("not poisoned").clone();
     let (status, content_type, body) = match path {
         "/metrics" => {
-            let jobs = job_counts(db).await;
+            let jobs = crate::store::jobs::counts(db).await;
             (
                 200,
                 "text/plain; version=0.0.4",
@@ -84,26 +84,6 @@ async fn answer(path: &str, db: &Db, shared: &Shared) -> Response<Full<Bytes>> {
         .header("content-type", content_type)
         .body(Full::new(Bytes::from(body)))
         .expect("valid response")
-}
-
-/// Jobs by status and retries scheduled (pending jobs with attempts).
-pub struct JobCounts {
-    pub by_status: Vec<(String, i64)>,
-    pub scheduled_retries: i64,
-}
-
-async fn job_counts(db: &Db) -> sqlx::Result<JobCounts> {
-    let rows = sqlx::query("SELECT status, COUNT(*) FROM jobs GROUP BY status")
-        .fetch_all(&db.reader)
-        .await?;
-    let scheduled_retries: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND attempts > 0")
-            .fetch_one(&db.reader)
-            .await?;
-    Ok(JobCounts {
-        by_status: rows.into_iter().map(|r| (r.get(0), r.get(1))).collect(),
-        scheduled_retries,
-    })
 }
 
 /// The exposition text.
@@ -138,11 +118,7 @@ pub fn render(stats: &DispatchStats, jobs: Option<&JobCounts>) -> String {
     );
     if let Some(jobs) = jobs {
         for status in Status::ALL {
-            let n = jobs
-                .by_status
-                .iter()
-                .find(|(s, _)| s == status.as_str())
-                .map_or(0, |(_, n)| *n);
+            let n = jobs.count(status);
             lines.push(format!("{name}{{status=\"{status}\"}} {n}"));
         }
     }

@@ -6,11 +6,10 @@
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::db::Db;
+use crate::store::Store;
 use crate::worker::Shared;
 
 /// How often the status line is refreshed.
@@ -65,7 +64,7 @@ pub fn watchdog_period() -> Option<Duration> {
 
 /// Pings the watchdog while the loop progresses, and refreshes the status line (also logged
 /// at info level every minute, so journald shows progress without the status line).
-pub async fn supervise(db: Db, shared: Shared, shutdown: CancellationToken) {
+pub async fn supervise(db: Store, shared: Shared, shutdown: CancellationToken) {
     let watchdog = watchdog_period();
     let tick = watchdog
         .map(|w| (w / 3).min(STATUS_EVERY))
@@ -108,7 +107,7 @@ pub async fn supervise(db: Db, shared: Shared, shutdown: CancellationToken) {
 }
 
 /// `"84 calls/s, 12040 pending; run 'fleet-a' 5210/17250"` or `"paused: <reason>"`.
-pub async fn status_line(db: &Db, shared: &Shared, calls_per_second: f64) -> String {
+pub async fn status_line(db: &Store, shared: &Shared, calls_per_second: f64) -> String {
     let (paused, paused_instances, ceiling) = {
         let s = shared.stats.lock().expect("not poisoned");
         (s.paused.clone(), s.paused_instances.len(), s.ceiling)
@@ -116,28 +115,15 @@ pub async fn status_line(db: &Db, shared: &Shared, calls_per_second: f64) -> Str
     if let Some(p) = paused {
         return format!("paused: {p}");
     }
-    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'pending'")
-        .fetch_one(&db.reader)
-        .await
-        .unwrap_or(-1);
-    let mut line =
-        format!("{calls_per_second:.0} calls/s (ceiling {ceiling:.0}), {pending} pending");
-    if let Ok(Some(run)) = sqlx::query_scalar::<_, String>(
-        "SELECT run FROM jobs WHERE status = 'pending' ORDER BY next_attempt_at, id LIMIT 1",
-    )
-    .fetch_optional(&db.reader)
-    .await
-    {
-        if let Ok(row) = sqlx::query(
-            "SELECT SUM(status NOT IN ('pending', 'running')), COUNT(*) FROM jobs WHERE run = ?1",
-        )
-        .bind(&run)
-        .fetch_one(&db.reader)
-        .await
-        {
-            let (done, total): (i64, i64) = (row.get(0), row.get(1));
-            line.push_str(&format!("; run '{run}' {done}/{total}"));
+    let mut line = format!("{calls_per_second:.0} calls/s (ceiling {ceiling:.0})");
+    match crate::store::jobs::summary(db).await {
+        Ok(summary) => {
+            line.push_str(&format!(", {} pending", summary.pending));
+            if let Some((run, done, total)) = summary.active_run {
+                line.push_str(&format!("; run '{run}' {done}/{total}"));
+            }
         }
+        Err(e) => line.push_str(&format!(", queue not readable: {e}")),
     }
     if paused_instances > 0 {
         line.push_str(&format!("; {paused_instances} instance(s) paused"));

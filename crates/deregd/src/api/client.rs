@@ -13,12 +13,13 @@ use super::signer::{self, sign_v2, sign_v3, CallToSign, SigningKey};
 use super::{Action, API_VERSION};
 use crate::config::{Settings, SignatureVersion};
 use crate::credentials::Credentials;
-use crate::limiter::SendTicket;
+use crate::pacing::SendTicket;
 
 /// The signed-call client: endpoint, credentials and scheme fixed at start-up.
 #[derive(Clone)]
 pub struct ApiClient {
-    http: Http,
+    /// One transport per source address (one for the host's default address).
+    sources: Arc<[Http]>,
     /// `scheme://authority/path?`: each call appends its query.
     url_prefix: Arc<str>,
     host: String,
@@ -40,18 +41,36 @@ impl ApiClient {
         base.set_query(None);
         base.set_fragment(None);
         let url_prefix: Arc<str> = format!("{base}?").into();
-        let http = Http::new(&HttpOptions {
-            connect_timeout: settings.api.connect_timeout,
-            request_timeout: settings.api.request_timeout,
-            max_idle_per_host: settings.limits.max_in_flight as usize,
-        })?;
+        let addresses: Vec<Option<std::net::IpAddr>> = if settings.api.source_addresses.is_empty() {
+            vec![None]
+        } else {
+            settings
+                .api
+                .source_addresses
+                .iter()
+                .copied()
+                .map(Some)
+                .collect()
+        };
+        let sources = addresses
+            .into_iter()
+            .map(|local_address| {
+                Http::new(&HttpOptions {
+                    connect_timeout: settings.api.connect_timeout,
+                    request_timeout: settings.api.request_timeout,
+                    max_idle_per_host: settings.limits.max_in_flight as usize,
+                    local_address,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .into();
         let secret = credentials.access_key_secret.expose();
         let key = Arc::new(match settings.api.signature {
             SignatureVersion::V3 => SigningKey::v3(secret),
             SignatureVersion::V2 => SigningKey::v2(secret),
         });
         Ok(ApiClient {
-            http,
+            sources,
             url_prefix,
             host,
             credentials,
@@ -74,14 +93,20 @@ impl ApiClient {
         ticket: SendTicket,
     ) -> Result<Answer, TransportError> {
         let params = [("ClientId", client_id), ("InstanceId", instance_id)];
-        self.call(Action::UnRegister, &params, StampedEmpty::paced(ticket))
+        self.call(Action::UnRegister, 0, &params, StampedEmpty::paced(ticket))
             .await
     }
 
-    /// One call of `action` with `params`, signed now.
+    /// How many source addresses calls may go from.
+    pub fn sources(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// One call of `action` with `params` from source address `source`, signed now.
     pub async fn call(
         &self,
         action: Action,
+        source: usize,
         params: &[(&str, &str)],
         body: StampedEmpty,
     ) -> Result<Answer, TransportError> {
@@ -124,7 +149,9 @@ impl ApiClient {
             let value = HeaderValue::from_str(value).map_err(|e| bad_request(&e))?;
             headers.insert(HeaderName::from_static(name), value);
         }
-        self.http.exchange(request).await
+        self.sources[source % self.sources.len()]
+            .exchange(request)
+            .await
     }
 }
 

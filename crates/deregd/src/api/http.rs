@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::limiter::SendTicket;
+use crate::pacing::SendTicket;
 
 /// Largest answer read, bytes: real answers are under 1 KiB.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -106,6 +106,8 @@ pub struct HttpOptions {
     pub request_timeout: Duration,
     /// Idle connections kept per host (about the calls in flight at once).
     pub max_idle_per_host: usize,
+    /// The local address connections are bound to (`None`: the system's choice).
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 /// One pooled client; cheap to clone.
@@ -121,6 +123,7 @@ impl Http {
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(options.connect_timeout));
+        tcp.set_local_address(options.local_address);
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

@@ -7,7 +7,7 @@ use clap::Args;
 use crate::cli::common::{self, check_run};
 use crate::cli::UsageError;
 use crate::config::Settings;
-use crate::runs;
+use crate::store::runs;
 
 #[derive(Debug, Args)]
 pub struct CancelArgs {

@@ -4,7 +4,7 @@ use clap::Args;
 
 use crate::config::Settings;
 use crate::credentials::Credentials;
-use crate::db::Db;
+use crate::store::Store;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -16,7 +16,7 @@ pub struct CheckArgs {
 pub async fn run(settings: Settings, args: CheckArgs) -> anyhow::Result<()> {
     let credentials = Credentials::load();
     let db_state = if settings.database.path.exists() {
-        let db = Db::open_unmigrated(&settings.database.path).await?;
+        let db = Store::open_unmigrated(&settings.database.path).await?;
         let pending = db.pending_migrations().await?;
         db.close().await;
         if pending.is_empty() {

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use crate::cli::UsageError;
 use crate::config::Settings;
-use crate::db::Db;
+use crate::store::Store;
 
 /// Output format of a data-printing command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -35,7 +35,7 @@ pub fn check_run(run: &str) -> Result<(), UsageError> {
 
 /// Opens the configured database, refusing to create one: a reader pointed at the wrong path
 /// should say so, not report an empty queue.
-pub async fn open_existing(settings: &Settings) -> anyhow::Result<Db> {
+pub async fn open_existing(settings: &Settings) -> anyhow::Result<Store> {
     let path = &settings.database.path;
     if !path.exists() {
         return Err(UsageError(format!(
@@ -44,7 +44,7 @@ pub async fn open_existing(settings: &Settings) -> anyhow::Result<Db> {
         ))
         .into());
     }
-    Db::open(path).await
+    Store::open(path).await
 }
 
 /// True when `error` comes from writing to a closed pipe or socket.

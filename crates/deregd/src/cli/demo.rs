@@ -12,10 +12,11 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiClient;
-use crate::billing;
 use crate::config::Settings;
 use crate::credentials::{Credentials, Secret};
-use crate::db::Db;
+use crate::store::runs::{Filter, RunCounts};
+use crate::store::tps_usage;
+use crate::store::Store;
 use crate::worker::{self, RunOptions, Shared};
 use onsmqtt_emulator::{Emulator, EmulatorSettings, Faults, Registry};
 
@@ -99,7 +100,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     );
 
     // 2. The run's jobs, inserted as an operator would.
-    let db = Db::open(&settings.database.path).await?;
+    let db = Store::open(&settings.database.path).await?;
     let mut rows: Vec<(String, String)> = (0..args.devices)
         .map(|i| (INSTANCES[i % 3].to_string(), format!("GID_fleet@@@dev-{i}")))
         .collect();
@@ -110,7 +111,8 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
             .enumerate()
             .map(|(i, c)| (INSTANCES[i % 3].to_string(), c.to_string())),
     );
-    insert(&db, &run_label, &rows).await?;
+    let pairs: Vec<(&str, &str)> = rows.iter().map(|(i, c)| (i.as_str(), c.as_str())).collect();
+    crate::store::submit::submit(&db, &pairs, &run_label).await?;
     let total = rows.len() as u64;
     println!("  run        '{run_label}': {} devices + {UNREGISTERED} never registered + {} malformed = {total} jobs\n", args.devices, MALFORMED.len());
 
@@ -121,7 +123,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         security_token: None,
     };
     let client = ApiClient::new(&settings, credentials)?;
-    let shared = Shared::default();
+    let shared = Shared::new(&settings.limits);
     let started = Instant::now();
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(worker::run(
@@ -143,10 +145,10 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let emu = emulator.shutdown().await;
 
     // 4. The report and the cross-check.
-    let counts = status_counts(&db, &run_label).await?;
-    let get = |s: &str| counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+    let counts = run_counts(&db, &run_label).await?;
+    let get = |s: &str| counts.counts.get(s).copied().unwrap_or(0);
     let stats = shared.stats.lock().expect("not poisoned").clone();
-    let usage = billing::usage_by_instance(&db.reader, 0, i64::MAX).await?;
+    let usage = tps_usage::usage_by_instance(&db.reader, 0, i64::MAX).await?;
     let billed: i64 = usage.iter().map(|u| u.calls).sum();
     let rate = stats.calls as f64 / elapsed.as_secs_f64();
     println!(
@@ -156,7 +158,9 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "  outcomes   {}",
         counts
+            .counts
             .iter()
+            .filter(|(_, n)| **n > 0)
             .map(|(k, n)| format!("{k} {n}"))
             .collect::<Vec<_>>()
             .join(", ")
@@ -261,35 +265,18 @@ fn transient_summary(by_code: &std::collections::BTreeMap<String, u64>) -> Strin
     }
 }
 
-async fn insert(db: &Db, run: &str, rows: &[(String, String)]) -> anyhow::Result<()> {
-    for chunk in rows.chunks(10_000) {
-        let mut tx = db.begin_write().await?;
-        for (instance, client) in chunk {
-            sqlx::query("INSERT INTO jobs (instance_id, client_id, run) VALUES (?1, ?2, ?3)")
-                .bind(instance)
-                .bind(client)
-                .bind(run)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-    }
-    Ok(())
-}
-
-async fn status_counts(db: &Db, run: &str) -> anyhow::Result<Vec<(String, i64)>> {
-    use sqlx::Row;
-    let rows = sqlx::query(
-        "SELECT status, COUNT(*) FROM jobs WHERE run = ?1 GROUP BY status ORDER BY status",
-    )
-    .bind(run)
-    .fetch_all(&db.reader)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
 /// A bar on a terminal; a plain line every two seconds otherwise.
-async fn show_progress(db: Db, shared: Shared, total: u64, started: Instant) {
+/// The run's counts by status.
+async fn run_counts(db: &Store, run: &str) -> anyhow::Result<RunCounts> {
+    let filter = Filter {
+        run: Some(run.to_string()),
+        ..Filter::default()
+    };
+    let counts = crate::store::runs::counts(db, &filter).await?;
+    Ok(counts.into_iter().next().unwrap_or_default())
+}
+
+async fn show_progress(db: Store, shared: Shared, total: u64, started: Instant) {
     let terminal = std::io::stderr().is_terminal();
     let bar = indicatif::ProgressBar::new(total);
     if terminal {
@@ -303,12 +290,9 @@ async fn show_progress(db: Db, shared: Shared, total: u64, started: Instant) {
     let mut last_line = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let done: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE status NOT IN ('pending', 'running')",
-        )
-        .fetch_one(&db.reader)
-        .await
-        .unwrap_or(0);
+        let done = crate::store::jobs::counts(&db)
+            .await
+            .map_or(0, |c| c.finished());
         let (calls, rate, paused) = {
             let s = shared.stats.lock().expect("not poisoned");
             (s.calls, s.rate, s.paused.clone())

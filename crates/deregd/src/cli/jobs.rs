@@ -12,7 +12,7 @@ use crate::cli::UsageError;
 use crate::clock::format_ms;
 use crate::config::Settings;
 use crate::job::Status;
-use crate::runs::{self, JobRecord};
+use crate::store::runs::{self, JobRecord};
 
 #[derive(Debug, Args)]
 pub struct JobsArgs {
@@ -79,7 +79,7 @@ pub async fn run(settings: Settings, args: JobsArgs) -> anyhow::Result<()> {
 }
 
 async fn export(
-    db: &crate::db::Db,
+    db: &crate::store::Store,
     filter: &runs::Filter,
     sql: &str,
     format: Format,

@@ -1,10 +1,10 @@
 //! `deregd migrate`: create or upgrade the database and exit.
 
 use crate::config::Settings;
-use crate::db::Db;
+use crate::store::Store;
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let db = Db::open(&settings.database.path).await?;
+    let db = Store::open(&settings.database.path).await?;
     db.close().await;
     println!(
         "database {} is up to date",

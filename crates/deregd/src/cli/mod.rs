@@ -76,7 +76,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     if error.downcast_ref::<ConfigError>().is_some()
         || error.downcast_ref::<UsageError>().is_some()
         || error
-            .downcast_ref::<crate::dispatcher::AlreadyRunning>()
+            .downcast_ref::<crate::lock::AlreadyRunning>()
             .is_some()
     {
         2

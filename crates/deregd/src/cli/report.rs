@@ -7,12 +7,12 @@ use std::io::Write;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Args;
 
-use crate::billing::{self, BucketUsage, InstanceUsage};
 use crate::cli::common::{self, check_run, Format};
 use crate::cli::UsageError;
 use crate::clock::{format_ms, now_ms};
 use crate::config::Settings;
-use crate::runs::{self, RunCounts};
+use crate::store::runs::{self, RunCounts};
+use crate::store::tps_usage::{self, BucketUsage, InstanceUsage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Bucket {
@@ -143,7 +143,7 @@ pub async fn run(settings: Settings, args: ReportArgs) -> anyhow::Result<()> {
 }
 
 async fn build(
-    db: &crate::db::Db,
+    db: &crate::store::Store,
     args: &ReportArgs,
     since: Option<i64>,
     until: Option<i64>,
@@ -193,8 +193,9 @@ async fn build(
     // tps_usage counts whole seconds: include the second holding a ms bound.
     let (since_s, until_s) = (since_ms.div_euclid(1000), (until_ms + 999).div_euclid(1000));
     let buckets =
-        billing::usage_by_bucket(&db.reader, &instances, since_s, until_s, args.by.secs()).await?;
-    let totals = billing::usage_by_instance(&db.reader, since_s, until_s)
+        tps_usage::usage_by_bucket(&db.reader, &instances, since_s, until_s, args.by.secs())
+            .await?;
+    let totals = tps_usage::usage_by_instance(&db.reader, since_s, until_s)
         .await?
         .into_iter()
         .filter(|u| instances.is_empty() || instances.contains(&u.instance_id))

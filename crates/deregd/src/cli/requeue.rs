@@ -9,7 +9,7 @@ use crate::cli::common::{self, check_run};
 use crate::cli::UsageError;
 use crate::config::Settings;
 use crate::job::Status;
-use crate::runs;
+use crate::store::runs;
 
 #[derive(Debug, Args)]
 pub struct RequeueArgs {

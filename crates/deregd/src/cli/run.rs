@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::ApiClient;
 use crate::config::Settings;
 use crate::credentials::Credentials;
-use crate::db::Db;
+use crate::store::Store;
 use crate::worker::{self, RunOptions, Shared};
 use crate::{metrics, systemd};
 
@@ -26,11 +26,11 @@ pub async fn run(settings: Settings, args: RunArgs, config: Option<PathBuf>) -> 
     // right after start) would kill the process outright, mid-migration or mid-claim.
     let signals = Signals::install();
     let credentials = Credentials::load()?;
-    let _lock = crate::dispatcher::lock(&settings.database.path)?;
-    let db = Db::open(&settings.database.path).await?;
+    let _lock = crate::lock::lock(&settings.database.path)?;
+    let db = Store::open(&settings.database.path).await?;
     let client = ApiClient::new(&settings, credentials)?;
     let shutdown = CancellationToken::new();
-    let shared = Shared::default();
+    let shared = Shared::new(&settings.limits);
     let background = CancellationToken::new();
     if !settings.metrics.listen.is_empty() {
         let listen = settings.metrics.listen.parse()?;
@@ -127,14 +127,12 @@ impl Signals {
 fn reload(shared: &Shared, config: Option<&std::path::Path>) {
     systemd::reloading();
     match Settings::load(config) {
-        Ok(settings) => {
-            *shared.new_limits.lock().expect("not poisoned") = Some(settings.limits);
-        }
+        Ok(settings) => shared.reload(settings.limits),
         Err(e) => {
-            tracing::error!(error = %e, "SIGHUP: configuration not reloaded; keeping the current limits")
+            tracing::error!(error = %e, "SIGHUP: configuration not reloaded; keeping the current limits");
+            // Even without new limits, a reload probes a paused dispatch at once.
+            shared.probe_now();
         }
     }
-    // Even without new limits, a reload probes a paused dispatch at once.
-    shared.reload.notify_one();
     systemd::ready();
 }

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::billing;
 use crate::cli::common::{self, check_run, human_duration};
 use crate::cli::UsageError;
 use crate::clock::{format_ms, now_ms};
 use crate::config::Settings;
-use crate::db::Db;
-use crate::dispatcher;
-use crate::runs::{self, CodeCount, RunCounts};
+use crate::store::dispatcher;
+use crate::store::runs::{self, CodeCount, RunCounts};
+use crate::store::tps_usage;
+use crate::store::Store;
 
 /// The window of "recent" progress, milliseconds.
 const WINDOW_MS: i64 = 60_000;
@@ -106,7 +106,7 @@ pub async fn run(settings: Settings, args: StatusArgs) -> anyhow::Result<()> {
 }
 
 /// Takes one snapshot; an unknown `--run` is a usage error.
-pub async fn snapshot(db: &Db, run: Option<&str>) -> anyhow::Result<Snapshot> {
+pub async fn snapshot(db: &Store, run: Option<&str>) -> anyhow::Result<Snapshot> {
     let filter = runs::Filter {
         run: run.map(str::to_string),
         ..runs::Filter::default()
@@ -129,7 +129,7 @@ pub async fn snapshot(db: &Db, run: Option<&str>) -> anyhow::Result<Snapshot> {
         paused: beat.paused,
         rate: beat.rate,
     });
-    let billed = billing::recent_rate(&db.reader, now / 1000, WINDOW_MS / 1000).await?;
+    let billed = tps_usage::recent_rate(&db.reader, now / 1000, WINDOW_MS / 1000).await?;
     Ok(Snapshot {
         at: format_ms(now),
         dispatcher,
@@ -138,7 +138,7 @@ pub async fn snapshot(db: &Db, run: Option<&str>) -> anyhow::Result<Snapshot> {
     })
 }
 
-async fn run_status(db: &Db, counts: RunCounts) -> anyhow::Result<RunStatus> {
+async fn run_status(db: &Store, counts: RunCounts) -> anyhow::Result<RunStatus> {
     let progress = runs::progress(db, &counts.run, WINDOW_MS).await?;
     let top_codes = runs::top_codes(db, &counts.run, TOP_CODES).await?;
     // Over the last minute, or since the run's first finish when that is more recent.
@@ -294,7 +294,7 @@ fn summary(snap: &Snapshot) -> (i64, i64, String) {
     (total, open, text)
 }
 
-async fn watch(db: &Db, args: &StatusArgs) -> anyhow::Result<()> {
+async fn watch(db: &Store, args: &StatusArgs) -> anyhow::Result<()> {
     let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(

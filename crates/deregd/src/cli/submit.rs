@@ -10,9 +10,9 @@ use clap::Args;
 use crate::cli::common::{self, check_run};
 use crate::cli::UsageError;
 use crate::config::Settings;
-use crate::db::Db;
 use crate::intake::{self, InputError, SubmitError, Submitted};
 use crate::job;
+use crate::store::Store;
 
 /// Rejected lines printed in text mode (all of them are in `--json`).
 const SHOWN_REJECTIONS: usize = 100;
@@ -49,7 +49,7 @@ pub async fn run(settings: Settings, args: SubmitArgs) -> anyhow::Result<()> {
         .instance
         .clone()
         .map(|i| &*Box::leak(i.into_boxed_str()));
-    let db = Db::open(&settings.database.path).await?;
+    let db = Store::open(&settings.database.path).await?;
     db.set_writer_cache_mib(256).await?;
     let submitted = intake::submit_input(&db, input, instance, &args.run).await;
     db.close().await;

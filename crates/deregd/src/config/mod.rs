@@ -9,6 +9,7 @@ mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,14 +67,25 @@ pub struct ApiSettings {
     /// Whole-request timeout, from sending to the answer's last byte.
     #[serde(rename = "request_timeout_ms", with = "millis")]
     pub request_timeout: Duration,
+    /// Local addresses outgoing connections are bound to; calls are spread over them, each its
+    /// own budget of `limits.source_qps`. Empty: the host's default address, one budget.
+    pub source_addresses: Vec<IpAddr>,
 }
 
 /// The limits a SIGHUP reloads.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSettings {
-    /// Upper bound on calls per second, account-wide, over any sliding second.
+    /// Upper bound on `UnRegisterDeviceCredential` calls per second, account-wide, over any
+    /// sliding second.
     pub qps: u32,
+    /// Upper bound on `ListDeviceCredentialClientId` calls per second, account-wide.
+    pub list_qps: u32,
+    /// Upper bound on `GetDeviceCredential` calls per second, account-wide.
+    pub get_qps: u32,
+    /// Upper bound on calls per second from one source address, all actions together (the
+    /// vendor blocks a source IP above 300/s).
+    pub source_qps: u32,
     /// Calls that may start back to back after a late wake-up (counted inside `qps`).
     pub burst: u32,
     /// Upper bound on calls awaiting an answer at once.

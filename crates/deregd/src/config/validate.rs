@@ -9,6 +9,17 @@ impl Settings {
     /// Checks ranges and cross-field rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_endpoint(&self.api.endpoint)?;
+        let addresses = &self.api.source_addresses;
+        if let Some(twice) = addresses
+            .iter()
+            .enumerate()
+            .find(|(i, a)| addresses[..*i].contains(a))
+        {
+            return Err(bad(
+                "api.source_addresses",
+                format!("{} is listed twice", twice.1),
+            ));
+        }
         within_ms("api.connect_timeout_ms", self.api.connect_timeout, 600_000)?;
         within_ms(
             "api.request_timeout_ms",
@@ -117,6 +128,9 @@ impl LimitsSettings {
                 ),
             ));
         }
+        within("limits.list_qps", self.list_qps, 499)?;
+        within("limits.get_qps", self.get_qps, 499)?;
+        within("limits.source_qps", self.source_qps, 300)?;
         within("limits.max_in_flight", self.max_in_flight, 10_000)?;
         within("limits.max_unrecorded", self.max_unrecorded, 1_000_000)?;
         if self.max_unrecorded < self.max_in_flight {

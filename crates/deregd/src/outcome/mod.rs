@@ -8,7 +8,10 @@ use serde::Deserialize;
 
 use crate::api::{Answer, TransportError};
 
+mod completion;
 mod sanitize;
+
+pub use completion::completion_for;
 
 /// Who a pause applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,15 +22,7 @@ pub enum PauseScope {
     Instance,
 }
 
-/// A sign that calls come too fast.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pressure {
-    /// `Throttling*` (any status), 429: over the gateway's rate; cut at once.
-    Throttled,
-    /// `SystemOverFlow`, `ApplyTokenOverFlow`, `ServiceUnavailable`, 503: the service is
-    /// overloaded; cut when these become frequent, not on a stray one.
-    Overloaded,
-}
+pub use crate::pacing::Pressure;
 
 /// What one call's answer means.
 #[derive(Debug, Clone, PartialEq)]

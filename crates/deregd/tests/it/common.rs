@@ -10,7 +10,7 @@ use std::time::Duration;
 use deregd::api::ApiClient;
 use deregd::config::Settings;
 use deregd::credentials::{Credentials, Secret};
-use deregd::db::Db;
+use deregd::store::Store;
 use deregd::worker::{self, RunOptions, Shared};
 use onsmqtt_emulator::{Emulator, EmulatorSettings};
 use sqlx::Row;
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) struct App {
     pub dir: tempfile::TempDir,
-    pub db: Db,
+    pub db: Store,
     pub settings: Settings,
     pub emulator: Emulator,
 }
@@ -62,7 +62,7 @@ pub(crate) async fn spawn_app(emulator: EmulatorSettings) -> App {
     let path = dir.path().join("deregd.db");
     let emulator = Emulator::start(emulator).await.unwrap();
     let settings = fast_settings(path.clone(), &emulator.endpoint());
-    let db = Db::open(&path).await.unwrap();
+    let db = Store::open(&path).await.unwrap();
     App {
         dir,
         db,
@@ -114,7 +114,7 @@ impl App {
             self.settings.clone(),
             shutdown,
             options,
-            Shared::default(),
+            Shared::new(&self.settings.limits),
         )
         .await
     }

@@ -98,7 +98,7 @@ async fn a_job_fails_only_when_its_retries_are_spent() {
 }
 
 #[tokio::test]
-async fn an_unreachable_api_never_fails_a_job_before_its_retries_are_spent() {
+async fn an_unreachable_api_pauses_dispatch_and_spends_no_attempt() {
     let _cpu = cpu_shared().await;
     let mut app = spawn_app(EmulatorSettings::default()).await;
     // Nothing listens on this port.
@@ -106,12 +106,37 @@ async fn an_unreachable_api_never_fails_a_job_before_its_retries_are_spent() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     app.settings.api.endpoint = format!("http://127.0.0.1:{port}");
-    app.settings.retry.max_attempts = 4;
-    app.insert(INSTANCE, &devices("d", 2)).await;
-    within(30, app.run_until_empty("testsecret")).await;
-    let (status, attempts, code, _, _) = app.job("GID_fleet@@@d-1").await;
-    assert_eq!((status.as_str(), attempts), ("failed", 4));
-    assert_eq!(code.as_deref(), Some("ConnectError"));
+    app.settings.retry.max_attempts = 2;
+    app.insert(INSTANCE, &devices("d", 20)).await;
+    let shutdown = CancellationToken::new();
+    let shared = deregd::worker::Shared::new(&app.settings.limits);
+    let client = deregd::api::ApiClient::new(&app.settings, credentials("testsecret")).unwrap();
+    let run = tokio::spawn(deregd::worker::run(
+        app.db.clone(),
+        client,
+        app.settings.clone(),
+        shutdown.clone(),
+        RunOptions { until_empty: true },
+        shared.clone(),
+    ));
+    // Several probes' worth of time (1 s, 2 s, ...): far more calls than max_attempts would
+    // allow, were they counted.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let paused = shared.snapshot().paused.expect("paused");
+    assert_eq!(paused.code, "EndpointUnreachable", "{paused}");
+    assert!(paused.message.contains("refused"), "{paused}");
+    shutdown.cancel();
+    within(30, run).await.unwrap().unwrap();
+    assert_eq!(app.count("failed").await, 0);
+    assert_eq!(app.count("pending").await, 20);
+    let spent: i64 = sqlx::query_scalar("SELECT MAX(attempts) FROM jobs")
+        .fetch_one(&app.db.reader)
+        .await
+        .unwrap();
+    assert_eq!(
+        spent, 0,
+        "no attempt spent on an endpoint that cannot be reached"
+    );
 }
 
 #[tokio::test]
@@ -266,7 +291,7 @@ async fn a_capped_instance_spends_no_account_permit_on_nothing() {
     app.settings.limits.qps = 200;
     app.settings.limits.instance_tps.insert(INSTANCE.into(), 40);
     app.insert(INSTANCE, &devices("c", 80)).await;
-    let shared = deregd::worker::Shared::default();
+    let shared = deregd::worker::Shared::new(&app.settings.limits);
     let client = deregd::api::ApiClient::new(&app.settings, credentials("testsecret")).unwrap();
     within(
         30,
@@ -417,7 +442,7 @@ async fn calls_stop_at_max_unrecorded_while_outcomes_cannot_be_written() {
 #[tokio::test]
 async fn a_pair_queued_by_someone_else_during_a_submission_is_not_queued_twice() {
     let _cpu = cpu_shared().await;
-    use deregd::intake::{Inserted, Submission};
+    use deregd::store::submit::{Inserted, Submission};
     let app = spawn_app(EmulatorSettings::default()).await;
     app.insert(INSTANCE, &devices("early", 1)).await;
     let mut submission = Submission::begin(&app.db, "r").await.unwrap();

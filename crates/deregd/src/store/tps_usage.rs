@@ -1,6 +1,6 @@
 //! Billing: the `tps_usage` table, successful (HTTP 2xx) calls per instance per unix second,
 //! i.e. what deregd added to each instance's billed TPS. Written only inside the outcome
-//! transaction of [`crate::queue::complete`], so a count and its job's outcome land together.
+//! transaction of [`crate::store::jobs::complete`], so a count and its job's outcome land together.
 
 use sqlx::SqliteExecutor;
 

@@ -8,8 +8,8 @@ use futures_util::{Stream, StreamExt};
 use sqlx::Row;
 
 use crate::clock::now_ms;
-use crate::db::Db;
 use crate::job::{lossy, shown, Status};
+use crate::store::Store;
 
 /// Rows changed per write statement.
 pub const CHUNK_ROWS: i64 = 50_000;
@@ -72,7 +72,7 @@ impl RunCounts {
 }
 
 /// Counts by status per run, ordered by run label.
-pub async fn counts(db: &Db, filter: &Filter) -> sqlx::Result<Vec<RunCounts>> {
+pub async fn counts(db: &Store, filter: &Filter) -> sqlx::Result<Vec<RunCounts>> {
     let sql = format!(
         "SELECT {}, status, COUNT(*) FROM jobs WHERE {FILTER_SQL}
          GROUP BY run, status ORDER BY run",
@@ -113,7 +113,7 @@ pub struct Progress {
 }
 
 /// Progress of `run`, with finishes counted over `[now - window_ms, now]`.
-pub async fn progress(db: &Db, run: &str, window_ms: i64) -> sqlx::Result<Progress> {
+pub async fn progress(db: &Store, run: &str, window_ms: i64) -> sqlx::Result<Progress> {
     let since = now_ms() - window_ms;
     let row = sqlx::query(
         "SELECT COUNT(*) FILTER (WHERE finished_at >= ?2),
@@ -145,7 +145,7 @@ pub struct CodeCount {
 }
 
 /// The `limit` most frequent `last_code`s of failed and retrying jobs of `run`, most frequent first.
-pub async fn top_codes(db: &Db, run: &str, limit: i64) -> sqlx::Result<Vec<CodeCount>> {
+pub async fn top_codes(db: &Store, run: &str, limit: i64) -> sqlx::Result<Vec<CodeCount>> {
     let rows = sqlx::query(
         "SELECT last_code, COUNT(*) FILTER (WHERE status = 'failed'),
                 COUNT(*) FILTER (WHERE status = 'pending')
@@ -169,7 +169,7 @@ pub async fn top_codes(db: &Db, run: &str, limit: i64) -> sqlx::Result<Vec<CodeC
 }
 
 /// The instances that have jobs in `run`.
-pub async fn instances_of(db: &Db, run: &str) -> sqlx::Result<Vec<String>> {
+pub async fn instances_of(db: &Store, run: &str) -> sqlx::Result<Vec<String>> {
     let sql = format!(
         "SELECT DISTINCT {} FROM jobs WHERE run = ?1 ORDER BY 1",
         shown("instance_id")
@@ -182,7 +182,7 @@ pub async fn instances_of(db: &Db, run: &str) -> sqlx::Result<Vec<String>> {
 }
 
 /// True when at least one job carries the label `run`.
-pub async fn exists(db: &Db, run: &str) -> sqlx::Result<bool> {
+pub async fn exists(db: &Store, run: &str) -> sqlx::Result<bool> {
     let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE run = ?1 LIMIT 1")
         .bind(run)
         .fetch_optional(&db.reader)
@@ -191,20 +191,22 @@ pub async fn exists(db: &Db, run: &str) -> sqlx::Result<bool> {
 }
 
 /// Cancels the pending jobs of `run` (running ones finish). Returns how many were cancelled.
-pub async fn cancel(db: &Db, run: &str) -> sqlx::Result<u64> {
+pub async fn cancel(db: &Store, run: &str) -> sqlx::Result<u64> {
     let mut cancelled = 0;
     loop {
         let now = now_ms();
-        let result = sqlx::query(
-            "UPDATE jobs SET status = 'cancelled', finished_at = ?2, updated_at = ?2
+        let result = db
+            .execute(
+                sqlx::query(
+                    "UPDATE jobs SET status = 'cancelled', finished_at = ?2, updated_at = ?2
              WHERE id IN (SELECT id FROM jobs WHERE run = ?1 AND status = 'pending' LIMIT ?3)
                AND status = 'pending'",
-        )
-        .bind(run)
-        .bind(now)
-        .bind(CHUNK_ROWS)
-        .execute(&db.writer)
-        .await?;
+                )
+                .bind(run)
+                .bind(now)
+                .bind(CHUNK_ROWS),
+            )
+            .await?;
         cancelled += result.rows_affected();
         if result.rows_affected() == 0 {
             return Ok(cancelled);
@@ -224,7 +226,7 @@ pub struct Requeued {
 /// attempt budget. The last code, message and RequestId stay until the next attempt replaces
 /// them. A pair is requeued at most once, and never while the same pair is already open.
 pub async fn requeue(
-    db: &Db,
+    db: &Store,
     run: &str,
     statuses: &[Status],
     code: Option<&str>,
@@ -259,11 +261,11 @@ pub async fn requeue(
     );
     let mut requeued = 0;
     for chunk in ids.chunks(CHUNK_ROWS as usize) {
-        let result = bind_filter(sqlx::query(&update_sql), &filter)
+        let ids = serde_json::to_string(chunk).expect("numbers serialize");
+        let query = bind_filter(sqlx::query(&update_sql), &filter)
             .bind(now_ms())
-            .bind(serde_json::to_string(chunk).expect("numbers serialize"))
-            .execute(&db.writer)
-            .await?;
+            .bind(ids);
+        let result = db.execute(query).await?;
         requeued += result.rows_affected();
     }
     Ok(Requeued {
@@ -293,7 +295,7 @@ pub struct JobRecord {
 /// The jobs matching `filter` in id order, one row at a time (never all in memory). The stream
 /// holds one read snapshot for its whole life.
 pub fn export<'a>(
-    db: &'a Db,
+    db: &'a Store,
     filter: &'a Filter,
     sql: &'a str,
 ) -> impl Stream<Item = sqlx::Result<JobRecord>> + 'a {

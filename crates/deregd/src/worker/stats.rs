@@ -1,0 +1,104 @@
+//! What the dispatch loop shares with the rest of the daemon: live counters and states for the
+//! status line, `/metrics` and the heartbeat ([`DispatchStats`]), and the reloadable limits as
+//! one `watch` value ([`Shared`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{watch, Notify};
+
+use super::pause::PauseReason;
+use crate::config::LimitsSettings;
+
+/// Live counters, shared with status lines and metrics.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct DispatchStats {
+    /// Calls answered or failed in transport, by code (`OK` for success; codes outside the
+    /// known set as `other`).
+    pub calls_by_code: BTreeMap<String, u64>,
+    /// Billed (2xx) calls per instance.
+    pub billed_by_instance: BTreeMap<String, u64>,
+    pub calls: u64,
+    pub billed: u64,
+    pub retries_scheduled: u64,
+    pub rejected: u64,
+    pub in_flight: u64,
+    /// Calls whose outcome is not committed yet (in flight or answered).
+    pub unrecorded: u64,
+    /// Places taken in the account's budget. Each became a call.
+    pub permits: u64,
+    /// Current pacing rate and ceiling of UnRegisterDeviceCredential, calls per second.
+    pub rate: f64,
+    pub ceiling: f64,
+    /// Account-wide (or endpoint-wide) pause, if any.
+    pub paused: Option<PauseReason>,
+    /// Paused instances and why.
+    pub paused_instances: BTreeMap<String, PauseReason>,
+    /// Why outcomes cannot be written now (`outcomes not recorded: <error>`), if they cannot.
+    pub recording: Option<String>,
+    /// Why jobs cannot be claimed now, if they cannot.
+    pub claiming: Option<String>,
+    /// Unix ms of the last turn of the dispatch loop (watchdog).
+    pub last_progress_ms: i64,
+}
+
+impl DispatchStats {
+    /// The problems with the database right now, for status lines: empty when there are none.
+    pub fn store_problems(&self) -> Vec<&str> {
+        [self.recording.as_deref(), self.claiming.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
+/// Handles the daemon shares with the loop.
+#[derive(Clone)]
+pub struct Shared {
+    pub stats: Arc<Mutex<DispatchStats>>,
+    /// The limits in force; a SIGHUP sends new ones.
+    limits: Arc<watch::Sender<LimitsSettings>>,
+    /// Notified to probe a paused dispatch at once (SIGHUP).
+    probe: Arc<Notify>,
+}
+
+impl Shared {
+    pub fn new(limits: &LimitsSettings) -> Shared {
+        Shared {
+            stats: Arc::default(),
+            limits: Arc::new(watch::channel(limits.clone()).0),
+            probe: Arc::default(),
+        }
+    }
+
+    /// New limits (SIGHUP): in force as soon as the loop sees them; a paused dispatch probes
+    /// at once.
+    pub fn reload(&self, limits: LimitsSettings) {
+        self.limits.send_replace(limits);
+        self.probe.notify_one();
+    }
+
+    /// Probes a paused dispatch at once, limits unchanged.
+    pub fn probe_now(&self) {
+        self.probe.notify_one();
+    }
+
+    pub(crate) fn limits(&self) -> watch::Receiver<LimitsSettings> {
+        self.limits.subscribe()
+    }
+
+    pub(crate) fn probe(&self) -> Arc<Notify> {
+        self.probe.clone()
+    }
+
+    /// Updates the stats under their lock.
+    pub(crate) fn update(&self, f: impl FnOnce(&mut DispatchStats)) {
+        let mut stats = self.stats.lock().expect("not poisoned");
+        f(&mut stats);
+    }
+
+    /// A copy of the stats.
+    pub fn snapshot(&self) -> DispatchStats {
+        self.stats.lock().expect("not poisoned").clone()
+    }
+}
