@@ -1,18 +1,22 @@
 //! Prometheus text exposition at `/metrics` and a liveness probe at `/healthz`, served on
 //! `metrics.listen` (off by default). Live numbers come from the dispatch loop's shared stats;
-//! job counts are read from the database at scrape time (read-only pool).
+//! job counts are read from the database at scrape time (read-only pool). At most
+//! [`MAX_CONNECTIONS`] connections at once, each timed out, so idle clients cannot starve it.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
@@ -23,6 +27,13 @@ use crate::worker::{DispatchStats, Shared};
 
 /// The loop counts as stuck after this long without a turn, milliseconds.
 pub const STUCK_AFTER_MS: i64 = 30_000;
+
+/// Connections served at once; more are closed as they arrive.
+const MAX_CONNECTIONS: usize = 32;
+/// A connection that has not sent its request's head by then is closed.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection lasts longer (one request each: no keep-alive).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds `listen` and serves until `shutdown`. Returns the bound address.
 pub async fn serve(
@@ -35,24 +46,45 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("metrics.listen {listen}: {e}"))?;
     let addr = listener.local_addr()?;
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(10);
         loop {
             let (stream, _) = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(_) => continue,
+                    Ok(a) => {
+                        backoff = Duration::from_millis(10);
+                        a
+                    }
+                    Err(e) => {
+                        // Out of file descriptors, say: accepting again at once would spin.
+                        tracing::debug!(error = %e, "metrics: accept failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
                 },
                 _ = shutdown.cancelled() => return,
             };
+            // Past the cap a connection is closed at once (not left in the backlog, where it
+            // would queue a probe behind every idle client).
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
             let (db, shared) = (db.clone(), shared.clone());
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let (db, shared) = (db.clone(), shared.clone());
                     async move { Ok::<_, Infallible>(answer(req.uri().path(), &db, &shared).await) }
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
             });
         }
     });
@@ -160,6 +192,21 @@ pub fn render(stats: &DispatchStats, jobs: Option<&JobCounts>) -> String {
             stats.paused.is_some() as u8 as f64,
         ),
         (
+            "deregd_outcomes_unrecorded",
+            "Calls whose outcome is not committed yet (in flight or answered).",
+            stats.unrecorded as f64,
+        ),
+        (
+            "deregd_recording_failing",
+            "1 while outcomes cannot be written (dispatch stops at limits.max_unrecorded).",
+            stats.recording.is_some() as u8 as f64,
+        ),
+        (
+            "deregd_claiming_failing",
+            "1 while jobs cannot be claimed.",
+            stats.claiming.is_some() as u8 as f64,
+        ),
+        (
             "deregd_last_progress_timestamp_seconds",
             "Last turn of the dispatch loop.",
             stats.last_progress_ms as f64 / 1000.0,
@@ -192,6 +239,25 @@ pub fn render(stats: &DispatchStats, jobs: Option<&JobCounts>) -> String {
             escape(instance),
             escape(&p.code)
         ));
+    }
+    flush(&mut out, &mut lines);
+    let name = header(
+        &mut out,
+        "deregd_store_problem_info",
+        "gauge",
+        "Present while the database cannot be written or read as dispatch needs, with why.",
+    );
+    for (what, problem) in [
+        ("recording", &stats.recording),
+        ("claiming", &stats.claiming),
+    ] {
+        if let Some(problem) = problem {
+            let reason: String = problem.chars().take(200).collect();
+            lines.push(format!(
+                "{name}{{what=\"{what}\",reason=\"{}\"}} 1",
+                escape(&reason)
+            ));
+        }
     }
     flush(&mut out, &mut lines);
     out

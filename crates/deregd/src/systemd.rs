@@ -108,10 +108,20 @@ pub async fn supervise(db: Store, shared: Shared, shutdown: CancellationToken) {
 
 /// `"84 calls/s, 12040 pending; run 'fleet-a' 5210/17250"` or `"paused: <reason>"`.
 pub async fn status_line(db: &Store, shared: &Shared, calls_per_second: f64) -> String {
-    let (paused, paused_instances, ceiling) = {
-        let s = shared.stats.lock().expect("not poisoned");
-        (s.paused.clone(), s.paused_instances.len(), s.ceiling)
-    };
+    let stats = shared.snapshot();
+    let (paused, paused_instances, ceiling) = (
+        stats.paused.clone(),
+        stats.paused_instances.len(),
+        stats.ceiling,
+    );
+    let problems = stats.store_problems().join("; ");
+    if !problems.is_empty() {
+        // The queue cannot be read reliably either; say what is wrong and nothing else.
+        return match paused {
+            Some(p) => format!("{problems}; paused: {p}"),
+            None => problems,
+        };
+    }
     if let Some(p) = paused {
         return format!("paused: {p}");
     }

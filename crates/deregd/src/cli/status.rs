@@ -54,7 +54,8 @@ pub struct Snapshot {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DispatcherState {
-    /// True when the heartbeat is younger than 10 s.
+    /// True when the heartbeat is younger than 10 s, or its process runs on this host (a
+    /// daemon that cannot write the database).
     pub running: bool,
     /// Age of the last heartbeat, seconds.
     pub heartbeat_age_secs: f64,
@@ -65,6 +66,14 @@ pub struct DispatcherState {
     pub paused: Option<String>,
     /// Current pacing rate, calls per second.
     pub rate: Option<f64>,
+}
+
+impl DispatcherState {
+    /// True when the heartbeat's process runs on this host and is alive.
+    fn alive_here(&self) -> bool {
+        self.host == crate::worker::hostname()
+            && std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -120,7 +129,7 @@ pub async fn snapshot(db: &Store, run: Option<&str>) -> anyhow::Result<Snapshot>
     for c in counts {
         statuses.push(run_status(db, c).await?);
     }
-    let dispatcher = dispatcher::last(db).await?.map(|beat| DispatcherState {
+    let mut dispatcher = dispatcher::last(db).await?.map(|beat| DispatcherState {
         running: now - beat.heartbeat < ALIVE_MS,
         heartbeat_age_secs: (now - beat.heartbeat) as f64 / 1000.0,
         owner: beat.owner,
@@ -129,6 +138,19 @@ pub async fn snapshot(db: &Store, run: Option<&str>) -> anyhow::Result<Snapshot>
         paused: beat.paused,
         rate: beat.rate,
     });
+    if let Some(d) = dispatcher.as_mut().filter(|d| !d.running && d.alive_here()) {
+        // The process lives but cannot write its heartbeat: the database is the problem.
+        d.running = true;
+        let why = if db.write_lock_held().await {
+            "another process holds the database's write lock"
+        } else {
+            "the database cannot be written (see the daemon's log)"
+        };
+        d.paused = Some(format!(
+            "outcomes not recorded: {why}; heartbeat {} old",
+            human_duration(d.heartbeat_age_secs as i64)
+        ));
+    }
     let billed = tps_usage::recent_rate(&db.reader, now / 1000, WINDOW_MS / 1000).await?;
     Ok(Snapshot {
         at: format_ms(now),

@@ -171,7 +171,7 @@ pub async fn complete(db: &Store, owner: &str, batch: &[Completion]) -> sqlx::Re
     let rows = serde_json::Value::Array(rows).to_string();
     db.write(async |conn| {
         let updated = sqlx::query(
-            "UPDATE jobs SET status = c.new_status, attempts = attempts + c.counted,
+            "UPDATE jobs SET status = c.new_status, attempts = MIN(attempts + c.counted, 1000000),
                  next_attempt_at = c.new_next_attempt_at,
                  last_code = COALESCE(c.new_code, last_code),
                  last_message = COALESCE(c.new_message, last_message),

@@ -22,7 +22,7 @@ use anyhow::Context;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Sqlite, SqliteConnection, Transaction};
+use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, Transaction};
 
 /// How long a statement waits for another process's write lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -139,6 +139,28 @@ impl Store {
     ) -> sqlx::Result<sqlx::sqlite::SqliteQueryResult> {
         self.write(async |conn| query.execute(&mut *conn).await)
             .await
+    }
+
+    /// True when another connection holds the database's write lock right now (a long
+    /// transaction in the `sqlite3` shell, a backup). Asks with a connection of its own that
+    /// does not wait, and takes nothing: the lock it gets, if any, is given back at once.
+    pub async fn write_lock_held(&self) -> bool {
+        let options = SqliteConnectOptions::new()
+            .filename(&self.path)
+            .busy_timeout(Duration::ZERO)
+            .log_statements(log::LevelFilter::Trace);
+        let Ok(mut conn) = options.connect().await else {
+            return false;
+        };
+        let held = match sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await {
+            Ok(_) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+                false
+            }
+            Err(e) => is_locked(&e),
+        };
+        let _ = conn.close().await;
+        held
     }
 
     /// The database file, as opened.

@@ -60,6 +60,15 @@ pub(crate) fn credentials(secret: &str) -> Credentials {
 pub(crate) async fn spawn_app(emulator: EmulatorSettings) -> App {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("deregd.db");
+    spawn_app_at(dir, path, emulator).await
+}
+
+/// As [`spawn_app`], with the database at `path` (inside `dir`, which the app keeps).
+pub(crate) async fn spawn_app_at(
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    emulator: EmulatorSettings,
+) -> App {
     let emulator = Emulator::start(emulator).await.unwrap();
     let settings = fast_settings(path.clone(), &emulator.endpoint());
     let db = Store::open(&path).await.unwrap();
@@ -256,4 +265,59 @@ pub(crate) fn cpu_shared_blocking() -> tokio::sync::RwLockReadGuard<'static, ()>
 /// The whole machine, for a test that measures a rate.
 pub(crate) async fn cpu_exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
     CPU.write().await
+}
+
+/// A loopback port nothing listens on (at the moment of asking).
+pub(crate) fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Peak resident memory of process `pid`, KiB (`VmHWM`).
+pub(crate) fn peak_rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) process `pid` has used, seconds.
+pub(crate) fn cpu_secs(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Holds the database's write lock from a connection of its own until `release` is
+/// cancelled, as a long transaction in the `sqlite3` shell or a backup does. Resolves once
+/// the lock is taken.
+pub(crate) async fn hold_write_lock(
+    db: &std::path::Path,
+    release: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    use sqlx::{ConnectOptions, Connection};
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db)
+        .busy_timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        release.cancelled().await;
+        sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    })
 }

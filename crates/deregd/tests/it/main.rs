@@ -4,5 +4,7 @@
 mod adversity;
 mod cli;
 mod common;
+mod hostile;
 mod service;
+mod store_faults;
 mod worker;
