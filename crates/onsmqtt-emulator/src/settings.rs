@@ -146,7 +146,8 @@ pub struct EmulatorSettings {
     /// role behind `AssumeRoleWithOIDC` and the ECS metadata service.
     pub keys: Vec<AccessKey>,
     /// Accepted `UnRegisterDeviceCredential` calls per sliding second, per account (the
-    /// vendor's 500/s); unknown actions share this limit too.
+    /// vendor's 500/s); requests of actions not served get a budget of this size of their own.
+    /// STS calls are not throttled.
     pub rate_limit: u32,
     /// Accepted `ListDeviceCredentialClientId` calls per sliding second, per account.
     pub list_rate_limit: u32,
