@@ -1,11 +1,13 @@
 //! The gateway's answers: success and error bodies, headers, and the malformed fault pages.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use rand::Rng;
-use serde_json::json;
+use serde_json::{Map, Value};
 
 /// Response body type of every answer.
 pub(crate) type Body = Full<Bytes>;
@@ -16,17 +18,21 @@ pub(crate) struct ApiError {
     /// HTTP status.
     pub status: u16,
     /// The gateway's error `Code`.
-    pub code: &'static str,
+    pub code: Cow<'static, str>,
     /// The gateway's `Message`.
     pub message: String,
 }
 
 impl ApiError {
     /// An error answer with `status`, `code` and `message`.
-    pub(crate) fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: u16,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
-            code,
+            code: code.into(),
             message: message.into(),
         }
     }
@@ -55,13 +61,26 @@ pub(crate) fn request_id() -> String {
     )
 }
 
-/// HTTP 200 `{"RequestId": ...}`.
-pub(crate) fn success_response() -> Response<Body> {
+/// HTTP 200 `{"RequestId": ..}` plus the action's own `fields`.
+pub(crate) fn success_response(fields: Map<String, Value>) -> Response<Body> {
     let id = request_id();
-    let body = json!({ "RequestId": id }).to_string();
+    let mut body = fields;
+    body.insert("RequestId".into(), Value::String(id.clone()));
+    let body = Value::Object(body).to_string();
     let mut resp = raw_response(200, "application/json;charset=utf-8", &body);
     set_request_id(&mut resp, &id);
     resp
+}
+
+/// The gateway's HTTP status for an error `code` that a fault injects.
+pub(crate) fn status_for_code(code: &str) -> u16 {
+    match code {
+        "InternalError" | "SystemOverFlow" => 500,
+        "ServiceUnavailable" => 503,
+        "ApiNotSupport" | "InvalidAction.NotFound" | "InvalidAccessKeyId.NotFound" => 404,
+        "Forbidden.RAM" => 403,
+        _ => 400,
+    }
 }
 
 /// The gateway's error body, fields in the gateway's order.
@@ -75,22 +94,24 @@ struct ErrorBody<'a> {
     recommend: &'a str,
 }
 
-/// The gateway's JSON error; throttles may carry `x-acs-retry-after`, in milliseconds.
+/// The gateway's JSON error for `product` (`OnsMqtt`, `Sts`); throttles may carry
+/// `x-acs-retry-after`, in milliseconds.
 pub(crate) fn error_response(
     e: &ApiError,
     host: &str,
+    product: &str,
     retry_after_ms: Option<u64>,
 ) -> Response<Body> {
     let id = request_id();
     let recommend = format!(
-        "https://api.aliyun.com/troubleshoot?q={}&product=OnsMqtt&requestId={id}",
+        "https://api.aliyun.com/troubleshoot?q={}&product={product}&requestId={id}",
         e.code
     );
     let body = serde_json::to_string(&ErrorBody {
         request_id: &id,
         message: &e.message,
         host_id: host,
-        code: e.code,
+        code: &e.code,
         recommend: &recommend,
     })
     .expect("error body serialises");

@@ -7,9 +7,10 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use hyper::header::HeaderMap;
 
 use super::answer::ApiError;
-use super::handler::{Incoming, Shared};
+use super::handler::Incoming;
+use super::shared::Shared;
+use super::tempkeys::{check_temp_token, TempKey};
 use super::verify;
-use super::AccessKey;
 
 /// Largest skew between a request's timestamp and the emulator's clock.
 const MAX_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
@@ -19,6 +20,8 @@ const MAX_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 pub(crate) struct Authenticated {
     /// The verified AccessKeyId.
     pub key_id: String,
+    /// The account whose budgets the call uses.
+    pub account: String,
     /// The request's signature nonce (V3 header or V2 parameter).
     pub nonce: String,
     /// The requested action (`x-acs-action` or `Action`).
@@ -29,17 +32,77 @@ pub(crate) struct Authenticated {
     pub params: Vec<(String, String)>,
 }
 
-/// Authenticates `req`; also returns the AccessKeyId once it is known to exist.
+/// A key as the verifier sees it: a long-term one or an issued temporary one.
+#[derive(Debug, Clone)]
+pub(crate) struct Key {
+    pub id: String,
+    pub secret: String,
+    pub account: String,
+    pub token: TokenRule,
+}
+
+/// Which SecurityToken a key needs.
+#[derive(Debug, Clone)]
+pub(crate) enum TokenRule {
+    /// None (a long-term key; a token sent along is ignored).
+    None,
+    /// Exactly this one (a key configured with a token; any other answers `Expired`).
+    Fixed(String),
+    /// Its own, until it expires.
+    Temporary(TempKey),
+}
+
+/// The key a request named, once it is known to exist.
+#[derive(Debug, Clone)]
+pub(crate) struct KeySeen {
+    pub id: String,
+    pub temporary: bool,
+}
+
+/// A request's decoded parameters: query string, and form body when it is one.
+#[derive(Debug, Default)]
+pub(crate) struct Params {
+    pub query: Vec<(String, String)>,
+    pub form: Vec<(String, String)>,
+}
+
+impl Params {
+    /// Decodes the query and, for a form content type, the body.
+    pub(crate) fn of(req: &Incoming) -> Params {
+        let form = if is_form(&req.headers) {
+            verify::parse_pairs(&String::from_utf8_lossy(&req.body))
+        } else {
+            Vec::new()
+        };
+        Params {
+            query: verify::parse_pairs(&req.query),
+            form,
+        }
+    }
+
+    /// Query then form parameters.
+    pub(crate) fn all(&self) -> Vec<(String, String)> {
+        self.query.iter().chain(&self.form).cloned().collect()
+    }
+
+    /// The first parameter called `name`, query first.
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        param(&self.query, name).or_else(|| param(&self.form, name))
+    }
+}
+
+/// Authenticates `req`; also returns the key it named once that is known to exist.
 pub(crate) fn authenticate(
     shared: &Shared,
     req: &Incoming,
-) -> (Result<Authenticated, ApiError>, Option<String>) {
+    params: &Params,
+) -> (Result<Authenticated, ApiError>, Option<KeySeen>) {
     let authorization = header_str(&req.headers, "authorization");
-    let mut query = verify::parse_pairs(&req.query);
-    let form = if is_form(&req.headers) {
-        verify::parse_pairs(&String::from_utf8_lossy(&req.body))
-    } else {
-        Vec::new()
+    let seen = |k: &Key| {
+        Some(KeySeen {
+            id: k.id.clone(),
+            temporary: matches!(k.token, TokenRule::Temporary(_)),
+        })
     };
     match authorization {
         Some(a) if a.trim_start().starts_with(verify::V3_ALGORITHM) => {
@@ -49,37 +112,33 @@ pub(crate) fn authenticate(
                     None,
                 );
             };
-            let Some(key) = shared.keys.get(&parsed.access_key_id) else {
+            let Some(key) = shared.key(&parsed.access_key_id) else {
                 return (Err(key_not_found()), None);
             };
-            let key_id = Some(key.id.clone());
-            let result = verify_v3(key, parsed, req, &query).map(|mut auth| {
-                auth.params = std::mem::take(&mut query);
-                auth.params.extend(form);
+            let result = verify_v3(&key, parsed, req, &params.query).map(|mut auth| {
+                auth.params = params.all();
                 auth
             });
-            (result, key_id)
+            (result, seen(&key))
         }
-        Some(_) if !query.iter().chain(&form).any(|(k, _)| k == "Signature") => (
+        Some(_) if params.get("Signature").is_none() => (
             Err(ApiError::incomplete("unsupported Authorization scheme")),
             None,
         ),
         _ => {
-            query.extend(form);
-            let Some(id) = param(&query, "AccessKeyId") else {
+            let Some(id) = params.get("AccessKeyId") else {
                 return (Err(ApiError::incomplete("missing AccessKeyId")), None);
             };
-            let Some(key) = shared.keys.get(id) else {
+            let Some(key) = shared.key(id) else {
                 return (Err(key_not_found()), None);
             };
-            let key_id = Some(key.id.clone());
-            (verify_v2(key, req, query), key_id)
+            (verify_v2(&key, req, params.all()), seen(&key))
         }
     }
 }
 
 fn verify_v3(
-    key: &AccessKey,
+    key: &Key,
     auth: verify::V3Authorization,
     req: &Incoming,
     query: &[(String, String)],
@@ -138,6 +197,7 @@ fn verify_v3(
     check_token(key, header_str(&req.headers, "x-acs-security-token"))?;
     Ok(Authenticated {
         key_id: key.id.clone(),
+        account: key.account.clone(),
         nonce: nonce.to_string(),
         action: header_str(&req.headers, "x-acs-action")
             .unwrap_or("")
@@ -150,7 +210,7 @@ fn verify_v3(
 }
 
 fn verify_v2(
-    key: &AccessKey,
+    key: &Key,
     req: &Incoming,
     params: Vec<(String, String)>,
 ) -> Result<Authenticated, ApiError> {
@@ -178,6 +238,7 @@ fn verify_v2(
     let version = param(&params, "Version").unwrap_or("").to_string();
     Ok(Authenticated {
         key_id: key.id.clone(),
+        account: key.account.clone(),
         nonce,
         action,
         version,
@@ -206,18 +267,21 @@ fn check_timestamp(value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_token(key: &AccessKey, presented: Option<&str>) -> Result<(), ApiError> {
-    match (&key.security_token, presented) {
-        (None, _) => Ok(()),
-        (Some(_), None) => Err(ApiError::new(
+fn check_token(key: &Key, presented: Option<&str>) -> Result<(), ApiError> {
+    match (&key.token, presented) {
+        (TokenRule::None, _) => Ok(()),
+        (TokenRule::Temporary(temp), _) => check_temp_token(temp, presented),
+        (TokenRule::Fixed(_), None) => Err(ApiError::new(
             400,
             "InvalidSecurityToken.Missing",
             "The SecurityToken is required for this AccessKeyId.",
         )),
-        (Some(want), Some(got)) if verify::constant_time_eq(want.as_bytes(), got.as_bytes()) => {
+        (TokenRule::Fixed(want), Some(got))
+            if verify::constant_time_eq(want.as_bytes(), got.as_bytes()) =>
+        {
             Ok(())
         }
-        (Some(_), Some(_)) => Err(ApiError::new(
+        (TokenRule::Fixed(_), Some(_)) => Err(ApiError::new(
             400,
             "InvalidSecurityToken.Expired",
             "Specified SecurityToken is expired.",

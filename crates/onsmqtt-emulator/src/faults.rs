@@ -1,11 +1,16 @@
-//! Seeded fault injection: which fault (if any) a valid request meets, and the added latency.
+//! Fault injection: which fault (if any) a valid request meets, and the added latency.
 //!
-//! Decisions come from one `StdRng` seeded from `EmulatorSettings::seed`, drawn in a fixed order
-//! per request, so a run with the same seed and the same request order injects the same faults.
+//! Random decisions come from one `StdRng` seeded from `EmulatorSettings::seed`, drawn in a
+//! fixed order per request, so a run with the same seed and the same request order injects the
+//! same faults. Deterministic ones (a failing group, a failing listing page) draw nothing.
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::time::Duration;
+
+use super::settings::{GroupFault, PageFault};
 
 /// Fault probabilities (each 0.0–1.0) and delays. `Default` injects nothing.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,33 +90,63 @@ pub(crate) enum Fault {
     InternalError,
     /// 400 `ApplyTokenOverFlow`; nothing happens server-side.
     ApplyTokenOverflow,
-    /// Connection reset; `deregister_first` says whether the call took effect before it.
-    Reset { deregister_first: bool },
-    /// No answer, then close; `deregister_first` as above.
-    Hang { deregister_first: bool },
-    /// A malformed answer; `deregister_first` as above.
-    Malformed {
-        kind: Malformed,
-        deregister_first: bool,
-    },
+    /// Connection reset; `effect_first` says whether the call took effect before it.
+    Reset { effect_first: bool },
+    /// No answer, then close; `effect_first` as above.
+    Hang { effect_first: bool },
+    /// A malformed answer; `effect_first` as above.
+    Malformed { kind: Malformed, effect_first: bool },
 }
 
-/// The seeded source of fault decisions.
+/// The source of fault decisions.
 #[derive(Debug)]
 pub(crate) struct FaultPlan {
     faults: Faults,
     rng: StdRng,
     malformed_turn: usize,
+    /// Failing groups: GroupId → error code.
+    groups: HashMap<String, String>,
+    /// Failing listing pages, each with the failures it has left (`None`: unbounded).
+    pages: Vec<(PageFault, Option<u32>)>,
 }
 
 impl FaultPlan {
-    /// A plan drawing from `seed`.
+    /// A plan drawing from `seed`, with no deterministic faults.
     pub(crate) fn new(faults: Faults, seed: u64) -> FaultPlan {
         FaultPlan {
             faults,
             rng: StdRng::seed_from_u64(seed),
             malformed_turn: 0,
+            groups: HashMap::new(),
+            pages: Vec::new(),
         }
+    }
+
+    /// The same plan, with failing groups and listing pages.
+    pub(crate) fn with_fixed(mut self, groups: &[GroupFault], pages: &[PageFault]) -> FaultPlan {
+        self.groups = groups
+            .iter()
+            .map(|g| (g.group.clone(), g.code.clone()))
+            .collect();
+        self.pages = pages.iter().map(|p| (p.clone(), p.times)).collect();
+        self
+    }
+
+    /// The error code every call of a ClientId in `group` answers, if the group fails.
+    pub(crate) fn group_fault(&self, group: &str) -> Option<&str> {
+        self.groups.get(group).map(String::as_str)
+    }
+
+    /// The error code listing page `page` answers this time, if it fails; spends one failure.
+    pub(crate) fn page_fault(&mut self, page: u32) -> Option<String> {
+        let (fault, left) = self
+            .pages
+            .iter_mut()
+            .find(|(f, left)| f.page == page && *left != Some(0))?;
+        if let Some(n) = left {
+            *n -= 1;
+        }
+        Some(fault.code.clone())
     }
 
     /// Decides the fault (if any) for the next valid request. Connection-level faults are
@@ -126,12 +161,12 @@ impl FaultPlan {
         );
         if self.hit(reset) {
             return Some(Fault::Reset {
-                deregister_first: self.rng.gen_bool(0.5),
+                effect_first: self.rng.gen_bool(0.5),
             });
         }
         if self.hit(hang) {
             return Some(Fault::Hang {
-                deregister_first: self.rng.gen_bool(0.5),
+                effect_first: self.rng.gen_bool(0.5),
             });
         }
         if self.hit(malformed) {
@@ -143,7 +178,7 @@ impl FaultPlan {
             self.malformed_turn += 1;
             return Some(Fault::Malformed {
                 kind,
-                deregister_first: self.rng.gen_bool(0.5),
+                effect_first: self.rng.gen_bool(0.5),
             });
         }
         if self.hit(overflow) {
@@ -233,6 +268,32 @@ mod tests {
         let mut p = FaultPlan::new(Faults::default(), 1);
         assert_eq!(p.draw(), None);
         assert_eq!(p.delay(), Duration::ZERO);
+    }
+
+    #[test]
+    fn fixed_faults_hit_their_group_and_their_page_as_often_as_asked() {
+        let groups = ["GID_bad:PermissionCheckFailed".parse().unwrap()];
+        let pages = [
+            "3:InternalError:2".parse().unwrap(),
+            "7:InvalidParameter.GroupId".parse().unwrap(),
+        ];
+        let mut p = FaultPlan::new(Faults::default(), 1).with_fixed(&groups, &pages);
+        assert_eq!(p.group_fault("GID_bad"), Some("PermissionCheckFailed"));
+        assert_eq!(p.group_fault("GID_good"), None);
+        assert_eq!(p.page_fault(1), None);
+        let third: Vec<_> = (0..3).map(|_| p.page_fault(3)).collect();
+        assert_eq!(
+            third,
+            [
+                Some("InternalError".into()),
+                Some("InternalError".into()),
+                None
+            ]
+        );
+        for _ in 0..5 {
+            assert_eq!(p.page_fault(7).as_deref(), Some("InvalidParameter.GroupId"));
+        }
+        assert_eq!(p.draw(), None, "no random fault drawn");
     }
 
     #[test]

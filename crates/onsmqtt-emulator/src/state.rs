@@ -1,16 +1,19 @@
 //! The emulator's mutable state: credential registry, used nonces, sliding windows and stats.
 //!
 //! All of it lives behind one `std::sync::Mutex` held only for bookkeeping (never across an
-//! await); every structure here is O(1) amortised per request and bounded in memory.
+//! await); every structure here is O(1) amortised per request and bounded in memory, except the
+//! per-key and per-address maps, which grow with the keys and addresses a test uses.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::path::Path;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
-use serde::Serialize;
-
+use super::actions::ActionKind;
+use super::answer::ApiError;
+use super::registry::Registry;
 use super::stamp::Received;
+use super::stats::{ActionStats, SourceStats, Stats};
+use super::window::{record_offset, SlidingWindow};
 
 /// How long a used nonce stays remembered, per key (the gateway's 15 minutes).
 pub(crate) const NONCE_TTL: Duration = Duration::from_secs(15 * 60);
@@ -18,190 +21,6 @@ pub(crate) const NONCE_TTL: Duration = Duration::from_secs(15 * 60);
 /// Upper bound on remembered nonces (about 50 MB); beyond it the oldest are forgotten early.
 /// Covers the full 15 minutes up to about 1,100 calls per second, twice the vendor's limit.
 pub(crate) const MAX_NONCES: usize = 1_000_000;
-
-/// Upper bound on recorded arrival offsets kept for tests (accepted and successful calls each).
-pub(crate) const MAX_RECORDED_OFFSETS: usize = 1_000_000;
-
-/// Which device credentials exist, and which were removed by this emulator.
-///
-/// Either "everything well-formed is registered" (minus an optional never-registered set), or a
-/// finite list of entries, each pinned to one instance or matching any instance. A wildcard
-/// entry models a device whose instance the operator did not write down: the first successful
-/// call on any instance removes it.
-#[derive(Debug, Clone)]
-pub struct Registry {
-    kind: RegistryKind,
-}
-
-#[derive(Debug, Clone)]
-enum RegistryKind {
-    Open {
-        never_pairs: HashSet<(String, String)>,
-        never_clients: HashSet<String>,
-        removed: HashSet<(String, String)>,
-    },
-    Finite {
-        pinned: HashSet<(String, String)>,
-        any_instance: HashSet<String>,
-    },
-}
-
-impl Default for Registry {
-    fn default() -> Self {
-        Registry::everything()
-    }
-}
-
-impl Registry {
-    /// Every well-formed `(InstanceId, ClientId)` starts registered.
-    pub fn everything() -> Registry {
-        Registry::all_except(Vec::<(String, String)>::new())
-    }
-
-    /// Everything registered except these `(InstanceId, ClientId)` pairs, which answer
-    /// `DeviceCredentialNotFound` from the first call.
-    pub fn all_except<I, S>(never_registered: I) -> Registry
-    where
-        I: IntoIterator<Item = (S, S)>,
-        S: Into<String>,
-    {
-        Registry {
-            kind: RegistryKind::Open {
-                never_pairs: never_registered
-                    .into_iter()
-                    .map(|(i, c)| (i.into(), c.into()))
-                    .collect(),
-                never_clients: HashSet::new(),
-                removed: HashSet::new(),
-            },
-        }
-    }
-
-    /// Everything registered except these ClientIds, on every instance.
-    pub fn all_except_clients<I, S>(never_registered: I) -> Registry
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        Registry {
-            kind: RegistryKind::Open {
-                never_pairs: HashSet::new(),
-                never_clients: never_registered.into_iter().map(Into::into).collect(),
-                removed: HashSet::new(),
-            },
-        }
-    }
-
-    /// Only these entries are registered: `(Some(instance), client)` on that instance,
-    /// `(None, client)` on any instance (removed by the first success anywhere).
-    pub fn only<I>(entries: I) -> Registry
-    where
-        I: IntoIterator<Item = (Option<String>, String)>,
-    {
-        let mut pinned = HashSet::new();
-        let mut any_instance = HashSet::new();
-        for (instance, client) in entries {
-            match instance {
-                Some(i) => {
-                    pinned.insert((i, client));
-                }
-                None => {
-                    any_instance.insert(client);
-                }
-            }
-        }
-        Registry {
-            kind: RegistryKind::Finite {
-                pinned,
-                any_instance,
-            },
-        }
-    }
-
-    /// Parses a registry file: one `ClientId` or `InstanceId ClientId` per line; blank lines
-    /// and `#` comments are ignored.
-    pub fn parse(text: &str) -> anyhow::Result<Registry> {
-        let mut entries = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
-            }
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            match fields.as_slice() {
-                [client] => entries.push((None, client.to_string())),
-                [instance, client] => {
-                    entries.push((Some(instance.to_string()), client.to_string()))
-                }
-                _ => bail!(
-                    "registry line {}: expected `ClientId` or `InstanceId ClientId`, got {} fields",
-                    n + 1,
-                    fields.len()
-                ),
-            }
-        }
-        Ok(Registry::only(entries))
-    }
-
-    /// Reads and parses a registry file (see [`Registry::parse`]).
-    pub fn from_file(path: &Path) -> anyhow::Result<Registry> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading registry file {}", path.display()))?;
-        Registry::parse(&text).with_context(|| format!("parsing registry file {}", path.display()))
-    }
-
-    /// Whether `(instance, client)` is currently registered.
-    pub fn is_registered(&self, instance: &str, client: &str) -> bool {
-        let pair = (instance.to_string(), client.to_string());
-        match &self.kind {
-            RegistryKind::Open {
-                never_pairs,
-                never_clients,
-                removed,
-            } => {
-                !never_clients.contains(client)
-                    && !never_pairs.contains(&pair)
-                    && !removed.contains(&pair)
-            }
-            RegistryKind::Finite {
-                pinned,
-                any_instance,
-            } => pinned.contains(&pair) || any_instance.contains(client),
-        }
-    }
-
-    /// Removes `(instance, client)`; returns whether it was registered.
-    pub fn deregister(&mut self, instance: &str, client: &str) -> bool {
-        let pair = (instance.to_string(), client.to_string());
-        match &mut self.kind {
-            RegistryKind::Open {
-                never_pairs,
-                never_clients,
-                removed,
-            } => {
-                if never_clients.contains(client) || never_pairs.contains(&pair) {
-                    return false;
-                }
-                removed.insert(pair)
-            }
-            RegistryKind::Finite {
-                pinned,
-                any_instance,
-            } => pinned.remove(&pair) || any_instance.remove(client),
-        }
-    }
-
-    /// Entries still registered, or `None` when the registry is open-ended.
-    pub fn remaining(&self) -> Option<u64> {
-        match &self.kind {
-            RegistryKind::Open { .. } => None,
-            RegistryKind::Finite {
-                pinned,
-                any_instance,
-            } => Some((pinned.len() + any_instance.len()) as u64),
-        }
-    }
-}
 
 /// Remembers used `(AccessKeyId, nonce)` pairs for [`NONCE_TTL`], bounded by [`MAX_NONCES`].
 ///
@@ -245,124 +64,30 @@ impl NonceStore {
     }
 }
 
-/// Events in the last second, plus the largest count any sliding one-second window held.
-/// Events may be recorded a little out of order (requests on two connections are handled in
-/// whatever order the emulator's threads get to them, but stamped when they arrived): they are
-/// kept sorted, and an event recorded late is counted in every window that holds it.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct SlidingWindow {
-    events: VecDeque<Instant>,
-    max: u64,
+/// Which product a request is for, decided from its `Version` before authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Product {
+    /// The onsmqtt OpenAPI, with this action.
+    OnsMqtt(ActionKind),
+    /// STS (`Version=2015-04-01`).
+    Sts,
 }
 
-/// How far out of order an event may be recorded and still be counted exactly.
-const REORDER_SLACK: Duration = Duration::from_secs(1);
-
-impl SlidingWindow {
-    /// Events in `[end - 1 s, end]`, excluding those exactly 1 s old, of the first `upto`.
-    fn window_ending_at(&self, end: Instant, upto: usize) -> u64 {
-        let start = self
-            .events
-            .partition_point(|&e| e + Duration::from_secs(1) <= end);
-        upto.saturating_sub(start) as u64
-    }
-
-    /// Events within the second before `now` (exclusive of events exactly 1 s old).
-    pub(crate) fn count(&self, now: Instant) -> u64 {
-        let upto = self.events.partition_point(|&e| e <= now);
-        self.window_ending_at(now, upto)
-    }
-
-    /// Records one event at `at` and updates the maximum: every window ending at an event from
-    /// `at` on now holds one more.
-    pub(crate) fn record(&mut self, at: Instant) {
-        let pos = self.events.partition_point(|&e| e <= at);
-        self.events.insert(pos, at);
-        for i in pos..self.events.len() {
-            let count = self.window_ending_at(self.events[i], i + 1);
-            self.max = self.max.max(count);
-        }
-        let latest = *self.events.back().expect("just inserted");
-        while let Some(&front) = self.events.front() {
-            if front + Duration::from_secs(1) + REORDER_SLACK <= latest {
-                self.events.pop_front();
-            } else {
-                break;
-            }
-        }
-    }
-
-    /// Largest number of events seen in any sliding one-second window so far.
-    pub(crate) fn max(&self) -> u64 {
-        self.max
-    }
-}
-
-/// Counts of injected faults, by kind.
-#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
-pub struct FaultCounts {
-    /// 500 `SystemOverFlow` answers.
-    pub system_overflow: u64,
-    /// 500 `InternalError` answers.
-    pub internal_error: u64,
-    /// 400 `ApplyTokenOverFlow` answers.
-    pub apply_token_overflow: u64,
-    /// Connections reset without an answer.
-    pub reset: u64,
-    /// Requests left unanswered for `hang_ms`, then closed.
-    pub hang: u64,
-    /// HTML 502 pages.
-    pub malformed_html: u64,
-    /// 200 answers with a truncated JSON body.
-    pub malformed_truncated: u64,
-    /// 200 answers with an empty body.
-    pub malformed_empty: u64,
-}
-
-/// A snapshot of what the emulator saw. Also served as JSON at `GET /__emulator/stats`.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct Stats {
-    /// Every API request that reached the emulator (the stats endpoint excluded).
-    pub total_requests: u64,
-    /// Answers per error `Code`; successful deregistrations count under `"OK"`.
-    pub by_code: BTreeMap<String, u64>,
-    /// Successful deregistrations (HTTP 200 with a RequestId, not faulted).
-    pub successes: u64,
-    /// Successful deregistrations per InstanceId.
-    pub successes_by_instance: BTreeMap<String, u64>,
-    /// Requests that passed authentication and throttling.
-    pub accepted: u64,
-    /// Most accepted requests in any sliding one-second window, all keys together.
-    pub max_accepted_per_sliding_second: u64,
-    /// Most accepted requests in any sliding one-second window, per AccessKeyId.
-    pub max_accepted_per_sliding_second_by_key: BTreeMap<String, u64>,
-    /// Most arrivals (any outcome) in any sliding one-second window.
-    pub max_arrivals_per_sliding_second: u64,
-    /// Most arrivals with a known AccessKeyId in any sliding one-second window, per key.
-    pub max_arrivals_per_sliding_second_by_key: BTreeMap<String, u64>,
-    /// Most successful deregistrations in any sliding one-second window (what billing sees).
-    pub max_successes_per_sliding_second: u64,
-    /// `SignatureDoesNotMatch` answers.
-    pub signature_failures: u64,
-    /// Throttled answers (per-key and per-IP together).
-    pub throttled: u64,
-    /// Throttled answers caused by the per-IP limit.
-    pub throttled_by_ip: u64,
-    /// Faults injected, per kind.
-    pub faults_injected: FaultCounts,
-    /// Deregistrations that happened server-side although the client got a fault.
-    pub deregistered_under_fault: u64,
-    /// All deregistrations that happened server-side (successes plus those under a fault).
-    pub deregistered: u64,
-    /// Registered credentials remaining, when the registry is finite.
-    pub registry_remaining: Option<u64>,
-    /// Nonces currently remembered (bounded by the TTL and a hard cap).
-    pub nonces_remembered: u64,
-    /// Wall-clock time of the first API request, unix microseconds (for rate measurements
-    /// by another process).
-    pub first_arrival_unix_us: Option<u64>,
-    /// Wall-clock time of the latest API request, unix microseconds.
-    pub last_arrival_unix_us: Option<u64>,
+/// The limits one accepted call is checked against.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Admission<'a> {
+    /// The AccessKeyId.
+    pub key_id: &'a str,
+    /// The account the key belongs to (whose per-action budget it uses).
+    pub account: &'a str,
+    /// The action.
+    pub kind: ActionKind,
+    /// The source address.
+    pub peer: IpAddr,
+    /// The action's per-account limit, calls per sliding second.
+    pub limit: u32,
+    /// The per-source-address limit, calls per sliding second, every action together.
+    pub ip_limit: Option<u32>,
 }
 
 /// Everything mutable, guarded by one mutex in the server.
@@ -374,19 +99,24 @@ pub(crate) struct State {
     pub registry: Registry,
     /// Used nonces.
     pub nonces: NonceStore,
-    /// Accepted calls per key, for throttling and the per-key maximum.
-    pub accepted_by_key: HashMap<String, SlidingWindow>,
-    /// Accepted calls per source IP, for the per-IP limit.
-    pub accepted_by_ip: HashMap<std::net::IpAddr, SlidingWindow>,
-    /// Accepted calls, all keys together.
-    pub accepted_all: SlidingWindow,
-    /// Arrivals per key.
-    pub arrivals_by_key: HashMap<String, SlidingWindow>,
-    /// All arrivals.
-    pub arrivals_all: SlidingWindow,
+    /// Accepted calls per (account, action): the per-action throttling windows.
+    accepted_by_account_action: HashMap<(String, ActionKind), SlidingWindow>,
+    /// Accepted calls per source IP, every action together: the per-IP limit and its stats.
+    accepted_by_ip: HashMap<IpAddr, SlidingWindow>,
+    accepted_by_key: HashMap<String, SlidingWindow>,
+    accepted_by_account: HashMap<String, SlidingWindow>,
+    accepted_by_action: HashMap<ActionKind, SlidingWindow>,
+    accepted_all: SlidingWindow,
+    arrivals_by_key: HashMap<String, SlidingWindow>,
+    arrivals_all: SlidingWindow,
     /// Successful deregistrations.
-    pub successes_all: SlidingWindow,
-    /// Offsets since `started` of accepted calls, capped at [`MAX_RECORDED_OFFSETS`].
+    successes_all: SlidingWindow,
+    /// Successes of every action.
+    billed_all: SlidingWindow,
+    successes_by_action: HashMap<ActionKind, SlidingWindow>,
+    /// Per source address (turned into `Stats::by_source_ip` by a snapshot).
+    by_source: HashMap<IpAddr, SourceStats>,
+    /// Offsets since `started` of accepted calls, capped at `MAX_RECORDED_OFFSETS`.
     pub accepted_offsets: Vec<Duration>,
     /// Offsets since `started` of successful deregistrations, capped likewise.
     pub success_offsets: Vec<Duration>,
@@ -401,31 +131,67 @@ impl State {
             started: Instant::now(),
             registry,
             nonces: NonceStore::default(),
-            accepted_by_key: HashMap::new(),
+            accepted_by_account_action: HashMap::new(),
             accepted_by_ip: HashMap::new(),
+            accepted_by_key: HashMap::new(),
+            accepted_by_account: HashMap::new(),
+            accepted_by_action: HashMap::new(),
             accepted_all: SlidingWindow::default(),
             arrivals_by_key: HashMap::new(),
             arrivals_all: SlidingWindow::default(),
             successes_all: SlidingWindow::default(),
+            billed_all: SlidingWindow::default(),
+            successes_by_action: HashMap::new(),
+            by_source: HashMap::new(),
             accepted_offsets: Vec::new(),
             success_offsets: Vec::new(),
             stats: Stats::default(),
         }
     }
 
-    /// Counts one answer with `code` (`"OK"` for success).
-    pub(crate) fn count_code(&mut self, code: &str) {
-        *self.stats.by_code.entry(code.to_string()).or_default() += 1;
+    /// The stats of `kind`, without allocating once it has some.
+    fn action(&mut self, kind: ActionKind) -> &mut ActionStats {
+        let by_action = &mut self.stats.by_action;
+        if !by_action.contains_key(kind.name()) {
+            by_action.insert(kind.name().to_string(), ActionStats::default());
+        }
+        by_action.get_mut(kind.name()).expect("just inserted")
     }
 
-    /// Records an arrival; `key_id` once the key is known.
-    pub(crate) fn record_arrival(&mut self, received: Received) {
+    fn source(&mut self, peer: IpAddr) -> &mut SourceStats {
+        self.by_source.entry(peer).or_default()
+    }
+
+    /// Counts one answer with `code` (`"OK"` for success) of a product.
+    pub(crate) fn count_code(&mut self, product: Product, code: &str) {
+        match product {
+            Product::OnsMqtt(kind) => {
+                *self.stats.by_code.entry(code.to_string()).or_default() += 1;
+                *self
+                    .action(kind)
+                    .by_code
+                    .entry(code.to_string())
+                    .or_default() += 1;
+            }
+            Product::Sts => *self.stats.sts.by_code.entry(code.to_string()).or_default() += 1,
+        }
+    }
+
+    /// Records an arrival from `peer`, for `product`.
+    pub(crate) fn record_arrival(&mut self, received: Received, peer: IpAddr, product: Product) {
         self.stats.total_requests += 1;
         self.arrivals_all.record(received.at);
         let wall = received.unix_us;
         self.stats.first_arrival_unix_us.get_or_insert(wall);
         let last = self.stats.last_arrival_unix_us.get_or_insert(wall);
         *last = (*last).max(wall);
+        match product {
+            Product::OnsMqtt(kind) => {
+                self.action(kind).calls += 1;
+                self.source(peer).calls += 1;
+            }
+            Product::Sts => self.stats.sts.calls += 1,
+        }
     }
 
     /// Records an arrival attributed to a known key.
@@ -436,96 +202,137 @@ impl State {
             .record(now);
     }
 
-    /// Records a successful deregistration on `instance`.
-    pub(crate) fn record_success(&mut self, instance: &str, now: Instant) {
-        self.stats.successes += 1;
-        *self
-            .stats
+    /// Throttling: admits the call if both its account's budget for the action and its source
+    /// address's budget have room in the sliding second ending `now`, and records it in every
+    /// window; otherwise counts the throttle and returns the gateway's answer. Both windows
+    /// are checked before either records, so a refused call counts against neither.
+    pub(crate) fn admit(&mut self, a: Admission<'_>, now: Instant) -> Result<(), ApiError> {
+        let account_key = (a.account.to_string(), a.kind);
+        let account_full = self
+            .accepted_by_account_action
+            .get(&account_key)
+            .is_some_and(|w| w.count(now) >= u64::from(a.limit));
+        let ip_full = a.ip_limit.is_some_and(|limit| {
+            self.accepted_by_ip
+                .get(&a.peer)
+                .is_some_and(|w| w.count(now) >= u64::from(limit))
+        });
+        if account_full || ip_full {
+            let e = if account_full {
+                ApiError::new(
+                    400,
+                    "Throttling.User",
+                    "Request was denied due to user flow control.",
+                )
+            } else {
+                self.stats.throttled_by_ip += 1;
+                ApiError::new(400, "Throttling", "Request was denied due to flow control.")
+            };
+            self.stats.throttled += 1;
+            self.action(a.kind).throttled += 1;
+            self.source(a.peer).throttled += 1;
+            self.count_code(Product::OnsMqtt(a.kind), &e.code);
+            return Err(e);
+        }
+        self.accepted_by_account_action
+            .entry(account_key)
+            .or_default()
+            .record(now);
+        self.accepted_by_ip.entry(a.peer).or_default().record(now);
+        self.accepted_by_key
+            .entry(a.key_id.to_string())
+            .or_default()
+            .record(now);
+        self.accepted_by_account
+            .entry(a.account.to_string())
+            .or_default()
+            .record(now);
+        self.accepted_by_action
+            .entry(a.kind)
+            .or_default()
+            .record(now);
+        self.accepted_all.record(now);
+        self.stats.accepted += 1;
+        self.action(a.kind).accepted += 1;
+        self.source(a.peer).accepted += 1;
+        let offset = now.duration_since(self.started);
+        record_offset(&mut self.accepted_offsets, offset);
+        Ok(())
+    }
+
+    /// Records a successful (billed) call of `kind` on `instance`, and its `"OK"` answer.
+    pub(crate) fn record_success(&mut self, kind: ActionKind, instance: &str, now: Instant) {
+        let action = self.action(kind);
+        action.successes += 1;
+        *action
             .successes_by_instance
             .entry(instance.to_string())
             .or_default() += 1;
-        self.successes_all.record(now);
-        record_offset(&mut self.success_offsets, now.duration_since(self.started));
+        *self
+            .stats
+            .billed_by_instance
+            .entry(instance.to_string())
+            .or_default() += 1;
+        self.billed_all.record(now);
+        self.successes_by_action
+            .entry(kind)
+            .or_default()
+            .record(now);
+        if kind == ActionKind::UnRegister {
+            self.stats.successes += 1;
+            *self
+                .stats
+                .successes_by_instance
+                .entry(instance.to_string())
+                .or_default() += 1;
+            self.successes_all.record(now);
+            record_offset(&mut self.success_offsets, now.duration_since(self.started));
+        }
+        self.count_code(Product::OnsMqtt(kind), "OK");
     }
 
     /// A consistent snapshot of the counters.
     pub(crate) fn snapshot(&self) -> Stats {
+        fn maxima<K: ToString>(windows: &HashMap<K, SlidingWindow>) -> Vec<(String, u64)> {
+            windows
+                .iter()
+                .map(|(k, w)| (k.to_string(), w.max()))
+                .collect()
+        }
         let mut s = self.stats.clone();
         s.max_accepted_per_sliding_second = self.accepted_all.max();
         s.max_arrivals_per_sliding_second = self.arrivals_all.max();
         s.max_successes_per_sliding_second = self.successes_all.max();
-        s.max_accepted_per_sliding_second_by_key = self
-            .accepted_by_key
-            .iter()
-            .map(|(k, w)| (k.clone(), w.max()))
-            .collect();
-        s.max_arrivals_per_sliding_second_by_key = self
-            .arrivals_by_key
-            .iter()
-            .map(|(k, w)| (k.clone(), w.max()))
-            .collect();
+        s.max_billed_per_sliding_second = self.billed_all.max();
+        s.max_accepted_per_sliding_second_by_key =
+            maxima(&self.accepted_by_key).into_iter().collect();
+        s.max_accepted_per_sliding_second_by_account =
+            maxima(&self.accepted_by_account).into_iter().collect();
+        s.max_arrivals_per_sliding_second_by_key =
+            maxima(&self.arrivals_by_key).into_iter().collect();
+        for (ip, source) in &self.by_source {
+            let mut source = source.clone();
+            source.max_accepted_per_sliding_second =
+                self.accepted_by_ip.get(ip).map_or(0, SlidingWindow::max);
+            s.by_source_ip.insert(ip.to_string(), source);
+        }
+        for (kind, w) in &self.accepted_by_action {
+            let a = s.by_action.entry(kind.name().to_string()).or_default();
+            a.max_accepted_per_sliding_second = w.max();
+        }
+        for (kind, w) in &self.successes_by_action {
+            let a = s.by_action.entry(kind.name().to_string()).or_default();
+            a.max_successes_per_sliding_second = w.max();
+        }
         s.registry_remaining = self.registry.remaining();
         s.nonces_remembered = self.nonces.remembered() as u64;
         s
     }
 }
 
-/// Adds `offset` to a recorded list (up to [`MAX_RECORDED_OFFSETS`]), kept sorted (requests
-/// are handled a little out of their arrival order).
-pub(crate) fn record_offset(offsets: &mut Vec<Duration>, offset: Duration) {
-    if offsets.len() < MAX_RECORDED_OFFSETS {
-        let pos = offsets.partition_point(|&o| o <= offset);
-        offsets.insert(pos, offset);
-    }
-}
-
-/// Largest number of `offsets` falling in any half-open window `[t, t + window)`.
-/// `offsets` must be sorted ascending (as recorded).
-pub fn max_in_window(offsets: &[Duration], window: Duration) -> usize {
-    let mut best = 0;
-    let mut start = 0;
-    for (end, &t) in offsets.iter().enumerate() {
-        while t.saturating_sub(offsets[start]) >= window {
-            start += 1;
-        }
-        best = best.max(end + 1 - start);
-    }
-    best
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn open_registry_removes_once_and_honours_never_registered() {
-        let mut r = Registry::all_except(vec![("inst", "GID_never@@@x")]);
-        assert!(r.is_registered("inst", "GID_test@@@a"));
-        assert!(r.deregister("inst", "GID_test@@@a"));
-        assert!(!r.deregister("inst", "GID_test@@@a"));
-        assert!(r.deregister("other", "GID_test@@@a"));
-        assert!(!r.deregister("inst", "GID_never@@@x"));
-        assert!(r.deregister("other", "GID_never@@@x"));
-        assert_eq!(r.remaining(), None);
-        let mut c = Registry::all_except_clients(["GID_never@@@x"]);
-        assert!(!c.deregister("any", "GID_never@@@x"));
-    }
-
-    #[test]
-    fn registry_file_parses_pinned_and_wildcard_lines() {
-        let mut r = Registry::parse(
-            "# devices\n\nGID_a@@@1\n  mqtt-1  GID_b@@@2  # trailing\nmqtt-2 GID_c@@@3\n",
-        )
-        .unwrap();
-        assert_eq!(r.remaining(), Some(3));
-        assert!(!r.deregister("mqtt-2", "GID_b@@@2"));
-        assert!(r.deregister("mqtt-1", "GID_b@@@2"));
-        assert!(r.deregister("whatever", "GID_a@@@1"));
-        assert!(!r.deregister("mqtt-1", "GID_a@@@1"));
-        assert_eq!(r.remaining(), Some(1));
-        let err = Registry::parse("a b c\n").unwrap_err().to_string();
-        assert!(err.contains("line 1"), "{err}");
-    }
 
     #[test]
     fn nonces_are_refused_within_ttl_and_forgotten_after() {
@@ -538,64 +345,83 @@ mod tests {
     }
 
     #[test]
-    fn sliding_window_tracks_the_busiest_second() {
-        let mut w = SlidingWindow::default();
+    fn throttling_is_per_account_and_action_and_per_source_address_across_actions() {
+        let mut s = State::new(Registry::everything());
         let t0 = Instant::now();
-        for i in 0..10 {
-            w.record(t0 + Duration::from_millis(i * 100));
-        }
-        assert_eq!(w.max(), 10);
-        w.record(t0 + Duration::from_millis(1000));
-        assert_eq!(w.max(), 10);
-        assert_eq!(w.count(t0 + Duration::from_millis(1950)), 1);
-    }
-
-    #[test]
-    fn sliding_window_counts_events_recorded_out_of_order_where_they_happened() {
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        // 0, 10, ..., 990 ms and 1005 ms: the busiest second holds 100 (10 ms .. 1005 ms).
-        let mut times: Vec<u64> = (0..100).map(|i| i * 10).collect();
-        times.push(1005);
-        let mut sorted = SlidingWindow::default();
-        for &t in &times {
-            sorted.record(at(t));
-        }
-        // The same events, each pair recorded in reverse (handled out of arrival order).
-        let mut shuffled = SlidingWindow::default();
-        for pair in times.chunks(2) {
-            for &t in pair.iter().rev() {
-                shuffled.record(at(t));
-            }
-        }
-        assert_eq!(sorted.max(), 100);
-        assert_eq!(shuffled.max(), 100);
-        // A late event clamped to the latest time would have made one window hold 101.
-        let mut late = SlidingWindow::default();
-        for &t in &times[1..] {
-            late.record(at(t));
-        }
-        late.record(at(0));
-        assert_eq!(
-            late.max(),
-            100,
-            "the 0 ms event is not in the 1005 ms window"
-        );
-        assert_eq!(late.count(at(999)), 100);
-        assert_eq!(late.count(at(1005)), 100);
-    }
-
-    #[test]
-    fn max_in_window_counts_half_open_windows() {
-        let ms = |v: &[u64]| {
-            v.iter()
-                .map(|&m| Duration::from_millis(m))
-                .collect::<Vec<_>>()
+        let ip_a: IpAddr = "127.0.0.2".parse().unwrap();
+        let ip_b: IpAddr = "127.0.0.3".parse().unwrap();
+        let call = |kind, peer, key_id| Admission {
+            key_id,
+            account: "acct",
+            kind,
+            peer,
+            limit: 2,
+            ip_limit: Some(3),
         };
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(s
+            .admit(call(ActionKind::UnRegister, ip_a, "k1"), at(0))
+            .is_ok());
+        assert!(s
+            .admit(call(ActionKind::UnRegister, ip_b, "k2"), at(1))
+            .is_ok());
+        // The account's UnRegister budget is spent across both keys and addresses ...
+        let e = s
+            .admit(call(ActionKind::UnRegister, ip_a, "k1"), at(2))
+            .unwrap_err();
+        assert_eq!(e.code, "Throttling.User");
+        // ... while its List budget is not.
+        assert!(s.admit(call(ActionKind::List, ip_a, "k1"), at(3)).is_ok());
+        assert!(s.admit(call(ActionKind::Get, ip_a, "k1"), at(4)).is_ok());
+        // Address A has had 3 accepted calls of any action: its fourth is refused.
+        let e = s
+            .admit(call(ActionKind::Get, ip_a, "k1"), at(5))
+            .unwrap_err();
+        assert_eq!(e.code, "Throttling");
+        assert!(s.admit(call(ActionKind::Get, ip_b, "k1"), at(6)).is_ok());
+        // A second later every window has room again.
+        assert!(s
+            .admit(call(ActionKind::UnRegister, ip_a, "k1"), at(1001))
+            .is_ok());
+        let stats = s.snapshot();
         assert_eq!(
-            max_in_window(&ms(&[0, 500, 999, 1000, 1500]), Duration::from_secs(1)),
+            (stats.accepted, stats.throttled, stats.throttled_by_ip),
+            (6, 2, 1)
+        );
+        assert_eq!(stats.by_source_ip["127.0.0.2"].accepted, 4);
+        assert_eq!(
+            stats.by_source_ip["127.0.0.2"].max_accepted_per_sliding_second,
             3
         );
-        assert_eq!(max_in_window(&[], Duration::from_secs(1)), 0);
+        assert_eq!(stats.by_source_ip["127.0.0.2"].throttled, 2);
+        assert_eq!(
+            stats.by_action["UnRegisterDeviceCredential"].max_accepted_per_sliding_second,
+            2
+        );
+        assert_eq!(stats.by_action["GetDeviceCredential"].accepted, 2);
+        assert_eq!(stats.max_accepted_per_sliding_second, 5);
+        assert_eq!(stats.max_accepted_per_sliding_second_by_account["acct"], 5);
+        assert_eq!(stats.max_accepted_per_sliding_second_by_key["k2"], 1);
+    }
+
+    #[test]
+    fn successes_count_per_action_and_billing_while_deregistrations_stay_apart() {
+        let mut s = State::new(Registry::everything());
+        let now = Instant::now();
+        s.record_success(ActionKind::List, "i", now);
+        s.record_success(ActionKind::UnRegister, "i", now);
+        s.record_success(ActionKind::Get, "j", now);
+        let stats = s.snapshot();
+        assert_eq!(stats.successes, 1);
+        assert_eq!(stats.successes_by_instance.get("j"), None);
+        assert_eq!(stats.billed_by_instance["i"], 2);
+        assert_eq!(stats.billed_by_instance["j"], 1);
+        assert_eq!(stats.by_code["OK"], 3);
+        assert_eq!(
+            stats.by_action["ListDeviceCredentialClientId"].successes_by_instance["i"],
+            1
+        );
+        assert_eq!(stats.max_billed_per_sliding_second, 3);
+        assert_eq!(stats.max_successes_per_sliding_second, 1);
     }
 }

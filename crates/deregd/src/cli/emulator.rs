@@ -9,7 +9,10 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use onsmqtt_emulator::{AccessKey, Emulator, EmulatorSettings, Faults, Registry};
+use onsmqtt_emulator::{
+    is_valid_client_id, AccessKey, CountingProxy, Emulator, EmulatorSettings, Faults, GroupFault,
+    ListPaging, MetadataServer, MetadataSettings, PageFault, ProxySettings, Registry,
+};
 
 /// Command-line options of the emulator.
 #[derive(Debug, Clone, clap::Args)]
@@ -26,16 +29,18 @@ pub struct EmulatorArgs {
     #[arg(long = "ak", value_name = "ID:SECRET[:TOKEN]", value_parser = parse_access_key)]
     pub ak: Vec<AccessKey>,
 
-    /// Accepted calls per sliding second per AccessKeyId; beyond it, Throttling.User.
+    /// Accepted UnRegisterDeviceCredential calls per sliding second per account (a long-term
+    /// key, with the temporary keys issued to it); beyond it, Throttling.User.
     #[arg(long, default_value_t = 500)]
     pub rate_limit: u32,
 
-    /// Accepted calls per sliding second per source IP (no limit when absent).
+    /// Accepted calls per sliding second per source IP, every action together (no limit when
+    /// absent).
     #[arg(long)]
     pub ip_limit: Option<u32>,
 
-    /// Registry file: one `ClientId` or `InstanceId ClientId` per line. Without it, every
-    /// well-formed id starts registered.
+    /// Registry file: one `ClientId` or `InstanceId ClientId` per line. Without it and without
+    /// --group, every well-formed id starts registered.
     #[arg(long, value_name = "FILE")]
     pub registry: Option<PathBuf>,
 
@@ -86,22 +91,106 @@ pub struct EmulatorArgs {
     /// Answer 400 InstancePermissionCheckFailed for this InstanceId (repeatable).
     #[arg(long, value_name = "INSTANCE_ID")]
     pub forbid_instance: Vec<String>,
+
+    /// Listing, failing groups, STS, metadata service and proxy.
+    #[command(flatten)]
+    pub extra: Box<ExtraArgs>,
+}
+
+/// The emulator's options for the actions and services beyond UnRegister (boxed: they would
+/// make the subcommand enum large).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExtraArgs {
+    /// Accepted ListDeviceCredentialClientId calls per sliding second per account.
+    #[arg(long, default_value_t = 10)]
+    pub list_rate_limit: u32,
+
+    /// Accepted GetDeviceCredential calls per sliding second per account.
+    #[arg(long, default_value_t = 500)]
+    pub get_rate_limit: u32,
+
+    /// Accepted RegisterDeviceCredential calls per sliding second per account.
+    #[arg(long, default_value_t = 500)]
+    pub register_rate_limit: u32,
+
+    /// Seed a listable group: COUNT credentials GID@@@dev-0 .. dev-<COUNT-1> on INSTANCE
+    /// (repeatable). Without --registry, only the seeded groups are registered.
+    #[arg(long = "group", value_name = "INSTANCE:GID:COUNT", value_parser = parse_group_seed)]
+    pub groups: Vec<GroupSeed>,
+
+    /// How ListDeviceCredentialClientId pages: `offset` (PageNo over the live registry) or
+    /// `cursor` (a NextToken stable under deletes).
+    #[arg(long, default_value = "offset", value_parser = clap::value_parser!(ListPaging))]
+    pub list_paging: ListPaging,
+
+    /// Emit the listing's Total as a JSON number instead of a string.
+    #[arg(long)]
+    pub list_total_as_number: bool,
+
+    /// Make listing page N answer CODE, always or only its first TIMES requests (repeatable).
+    #[arg(long, value_name = "N:CODE[:TIMES]", value_parser = clap::value_parser!(PageFault))]
+    pub fail_list_page: Vec<PageFault>,
+
+    /// Make every UnRegister and Get of a ClientId of GID answer CODE (repeatable).
+    #[arg(long, value_name = "GID:CODE", value_parser = clap::value_parser!(GroupFault))]
+    pub fail_group: Vec<GroupFault>,
+
+    /// Longest lifetime of issued temporary credentials (STS, metadata), in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub sts_duration_secs: u64,
+
+    /// The OIDC token AssumeRoleWithOIDC accepts (none accepted when absent).
+    #[arg(long, value_name = "TOKEN")]
+    pub oidc_token: Option<String>,
+
+    /// Also serve the ECS metadata service (RAM role credentials) on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub metadata_listen: Option<SocketAddr>,
+
+    /// The metadata service refuses GETs without an IMDSv2 session token (403).
+    #[arg(long)]
+    pub imdsv1_disabled: bool,
+
+    /// The RAM role name the metadata service serves.
+    #[arg(long, default_value = "EmulatorEcsRole")]
+    pub ecs_role: String,
+
+    /// Also run a counting forward proxy (CONNECT and absolute-form, loopback targets only).
+    #[arg(long, value_name = "ADDR")]
+    pub proxy_listen: Option<SocketAddr>,
+
+    /// Credentials the proxy requires (Proxy-Authorization: Basic); none when absent.
+    #[arg(long, value_name = "USER:PASS", value_parser = parse_user_pass)]
+    pub proxy_auth: Option<(String, String)>,
 }
 
 impl EmulatorArgs {
     /// Turns the options into settings; refuses a non-loopback address without --allow-remote.
     pub fn to_settings(&self) -> anyhow::Result<EmulatorSettings> {
-        if !self.listen.ip().is_loopback() && !self.allow_remote {
-            anyhow::bail!(
-                "refusing to listen on non-loopback address {}: the emulator accepts test keys \
-                 and must not become a public endpoint; pass --allow-remote if you really mean it",
-                self.listen
-            );
+        let listens = [
+            Some(self.listen),
+            self.extra.metadata_listen,
+            self.extra.proxy_listen,
+        ];
+        for addr in listens.into_iter().flatten() {
+            if !addr.ip().is_loopback() && !self.allow_remote {
+                anyhow::bail!(
+                    "refusing to listen on non-loopback address {addr}: the emulator accepts \
+                     test keys and must not become a public endpoint; pass --allow-remote if \
+                     you really mean it"
+                );
+            }
         }
-        let registry = match &self.registry {
+        let base = match &self.registry {
             Some(path) => Registry::from_file(path)?,
-            None => Registry::everything(),
+            None if self.extra.groups.is_empty() => Registry::everything(),
+            None => Registry::only([]),
         };
+        let registry = self
+            .extra
+            .groups
+            .iter()
+            .fold(base, |r, g| r.with_group(&g.instance, &g.group, g.count));
         let defaults = EmulatorSettings::default();
         let faults = Faults {
             p_system_overflow: self.p_system_overflow,
@@ -123,17 +212,69 @@ impl EmulatorArgs {
                 self.ak.clone()
             },
             rate_limit: self.rate_limit,
+            list_rate_limit: self.extra.list_rate_limit,
+            get_rate_limit: self.extra.get_rate_limit,
+            register_rate_limit: self.extra.register_rate_limit,
             ip_limit: self.ip_limit,
             registry,
             faults,
             seed: self.seed,
             retry_after_ms: self.retry_after_ms,
             forbidden_instances: self.forbid_instance.clone(),
+            list_paging: self.extra.list_paging,
+            list_total_as_number: self.extra.list_total_as_number,
+            list_page_faults: self.extra.fail_list_page.clone(),
+            group_faults: self.extra.fail_group.clone(),
+            sts_duration_secs: self.extra.sts_duration_secs,
+            oidc_token: self.extra.oidc_token.clone(),
         })
     }
 }
 
-/// Runs the emulator until SIGTERM or SIGINT, then prints the final stats as JSON on stdout.
+/// One `--group INSTANCE:GID:COUNT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSeed {
+    /// The InstanceId.
+    pub instance: String,
+    /// The GroupId.
+    pub group: String,
+    /// How many credentials.
+    pub count: usize,
+}
+
+/// Parses `INSTANCE:GID:COUNT`.
+fn parse_group_seed(s: &str) -> Result<GroupSeed, String> {
+    let mut parts = s.rsplitn(3, ':');
+    let (Some(count), Some(group), Some(instance)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err("expected INSTANCE:GID:COUNT".into());
+    };
+    let count = count
+        .parse()
+        .map_err(|_| format!("`{count}` is not a count of credentials"))?;
+    if instance.is_empty() || !is_valid_client_id(&format!("{group}@@@dev-0")) {
+        return Err(format!(
+            "`{group}` is not a GroupId (GID_ or GID- and 7 to 64 letters, digits, - or _), or \
+             the instance is empty"
+        ));
+    }
+    Ok(GroupSeed {
+        instance: instance.to_string(),
+        group: group.to_string(),
+        count,
+    })
+}
+
+/// Parses `USER:PASS`.
+fn parse_user_pass(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((user, pass)) if !user.is_empty() => Ok((user.to_string(), pass.to_string())),
+        _ => Err("expected USER:PASS".into()),
+    }
+}
+
+/// Runs the emulator (and the metadata service and proxy when asked) until SIGTERM or SIGINT,
+/// then prints the final stats as JSON on stdout (with a `proxy` member when it ran).
 pub async fn run(args: EmulatorArgs) -> anyhow::Result<()> {
     let settings = args.to_settings()?;
     let emulator = Emulator::start(settings).await?;
@@ -142,12 +283,49 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<()> {
         emulator.rate_limit = args.rate_limit,
         "emulator listening"
     );
+    let metadata = match args.extra.metadata_listen {
+        Some(listen) => {
+            let settings = MetadataSettings {
+                listen,
+                role: args.extra.ecs_role.clone(),
+                imdsv1_disabled: args.extra.imdsv1_disabled,
+                ..MetadataSettings::default()
+            };
+            let server = MetadataServer::start(&emulator, settings).await?;
+            tracing::info!(metadata.endpoint = %server.endpoint(), "metadata service listening");
+            Some(server)
+        }
+        None => None,
+    };
+    let proxy = match args.extra.proxy_listen {
+        Some(listen) => {
+            let proxy = CountingProxy::start(ProxySettings {
+                listen: Some(listen),
+                credentials: args.extra.proxy_auth.clone(),
+            })
+            .await?;
+            tracing::info!(proxy.url = %proxy.url(), "proxy listening");
+            Some(proxy)
+        }
+        None => None,
+    };
     wait_for_stop_signal().await?;
     tracing::info!("emulator stopping");
+    if let Some(server) = metadata {
+        server.shutdown().await;
+    }
+    let proxy_stats = match proxy {
+        Some(p) => Some(p.shutdown().await),
+        None => None,
+    };
     let stats = emulator.shutdown().await;
+    let mut json = serde_json::to_value(&stats).context("serialising stats")?;
+    if let Some(p) = proxy_stats {
+        json["proxy"] = serde_json::to_value(p).context("serialising proxy stats")?;
+    }
     println!(
         "{}",
-        serde_json::to_string_pretty(&stats).context("serialising stats")?
+        serde_json::to_string_pretty(&json).context("serialising stats")?
     );
     Ok(())
 }
@@ -231,6 +409,48 @@ mod tests {
     }
 
     #[test]
+    fn groups_paging_faults_and_sts_flags_reach_the_settings() {
+        let s = parse(&[
+            "--group",
+            "mqtt-cn-x:GID_meter:5",
+            "--group",
+            "mqtt-cn-x:GID_other:2",
+            "--list-paging",
+            "cursor",
+            "--list-total-as-number",
+            "--fail-list-page",
+            "7:InternalError:2",
+            "--fail-group",
+            "GID_bad:PermissionCheckFailed",
+            "--list-rate-limit",
+            "3",
+            "--sts-duration-secs",
+            "20",
+            "--oidc-token",
+            "tok",
+        ])
+        .unwrap()
+        .to_settings()
+        .unwrap();
+        assert_eq!(s.registry.group_len("mqtt-cn-x", "GID_meter"), 5);
+        assert_eq!(s.registry.remaining(), Some(7), "only the seeded groups");
+        assert_eq!(s.list_paging, ListPaging::Cursor);
+        assert!(s.list_total_as_number);
+        assert_eq!(s.list_page_faults[0].times, Some(2));
+        assert_eq!(s.group_faults[0].group, "GID_bad");
+        assert_eq!((s.list_rate_limit, s.get_rate_limit), (3, 500));
+        assert_eq!(s.sts_duration_secs, 20);
+        assert_eq!(s.oidc_token.as_deref(), Some("tok"));
+        let d = parse(&[]).unwrap().to_settings().unwrap();
+        assert_eq!((d.list_rate_limit, d.list_paging), (10, ListPaging::Offset));
+        assert!(parse(&["--group", "mqtt-cn-x:meter:5"]).is_err());
+        assert!(parse(&["--group", "GID_meter:5"]).is_err());
+        assert!(parse(&["--list-paging", "pages"]).is_err());
+        assert!(parse(&["--fail-group", "GID_bad"]).is_err());
+        assert!(parse(&["--proxy-auth", "nocolon"]).is_err());
+    }
+
+    #[test]
     fn non_loopback_listen_needs_allow_remote() {
         let err = parse(&["--listen", "0.0.0.0:8080"])
             .unwrap()
@@ -242,6 +462,10 @@ mod tests {
             .unwrap()
             .to_settings()
             .is_ok());
+        assert!(parse(&["--metadata-listen", "0.0.0.0:80"])
+            .unwrap()
+            .to_settings()
+            .is_err());
         assert!(parse(&["--listen", "[::1]:0"])
             .unwrap()
             .to_settings()
