@@ -61,7 +61,9 @@ pub async fn run(settings: Settings, args: RunArgs, config: Option<PathBuf>) -> 
     let result = worker::run(db.clone(), client, settings, shutdown, options, shared).await;
     systemd::stopping();
     background.cancel();
-    db.close().await;
+    // A connection may still be waiting on another process's lock: closing is not waited
+    // out (SQLite rolls back whatever it was doing when the process ends).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), db.close()).await;
     if result.is_ok() {
         tracing::info!("stopped");
     }

@@ -27,6 +27,9 @@ use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, Transaction};
 /// How long a statement waits for another process's write lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Read-only connections, all opened with the database.
+const READERS: u32 = 4;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The two pools of one database file.
@@ -64,15 +67,24 @@ impl Store {
             // SQL text is for `RUST_LOG=trace`; a long export or bulk change is not a warning.
             .log_statements(log::LevelFilter::Trace)
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
+        // Connections are opened once and kept: one opened after the file at `path` was
+        // replaced would pair the new file with the old one's WAL (and checkpoint one into the
+        // other). Only a write that failed closes the writer, and then it is reopened only
+        // while the path still names the file opened (see `write`).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .acquire_timeout(BUSY_TIMEOUT * 2)
             .connect_with(options.clone())
             .await
             .with_context(|| format!("cannot open database {}", path.display()))?;
         let reader = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(READERS)
+            .min_connections(READERS)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .acquire_timeout(BUSY_TIMEOUT * 2)
             .connect_with(options.read_only(true).create_if_missing(false))
             .await
@@ -122,6 +134,12 @@ impl Store {
         &self,
         work: impl AsyncFnOnce(&mut SqliteConnection) -> sqlx::Result<T>,
     ) -> sqlx::Result<T> {
+        if self.writer.size() == 0 {
+            if let Some(why) = self.file_changed() {
+                // A new connection would open the other file.
+                return Err(sqlx::Error::Configuration(why.into()));
+            }
+        }
         let mut conn = Unfinished(Some(self.writer.acquire().await?));
         let c = conn.0.as_mut().expect("just acquired");
         sqlx::query("BEGIN IMMEDIATE").execute(&mut **c).await?;
@@ -161,6 +179,18 @@ impl Store {
         };
         let _ = conn.close().await;
         held
+    }
+
+    /// Copies the WAL into the database file and empties it, through the writer connection
+    /// (so into the file opened, even if another now stands at its path: SQLite does not
+    /// checkpoint a moved file when it closes, and its WAL, left under the path's name, would
+    /// otherwise be read as part of whatever file stands there next).
+    pub async fn checkpoint(&self) -> sqlx::Result<()> {
+        let mut conn = self.writer.acquire().await?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
     }
 
     /// The database file, as opened.

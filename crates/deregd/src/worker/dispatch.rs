@@ -140,7 +140,7 @@ impl Dispatcher {
                         Some(result) = self.results_rx.recv() => self.handle(result),
                         claimed = self.buffer.claim_done() => self.take_claim(claimed),
                         _ = self.unrecorded.freed() => {}
-                        _ = self.limits_rx.changed() => {}
+                        _ = self.limits_rx.changed() => self.reload(),
                         _ = self.probe.notified() => self.pauses.probe_now(std::time::Instant::now()),
                         _ = self.fatal.changed() => {}
                         _ = &mut *recorder => {}

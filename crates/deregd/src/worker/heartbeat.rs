@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use super::stats::Shared;
 use crate::clock::{now_ms, wall_step_ms};
@@ -24,13 +23,13 @@ const STEP_WARN_MS: i64 = 2000;
 /// A failing heartbeat write is logged at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// Starts the heartbeat for `owner`. A reason sent on `fatal` stops dispatch.
+/// Starts the heartbeat for `owner`, until the task is aborted. A reason sent on `fatal` stops
+/// dispatch.
 pub(crate) fn spawn(
     store: Store,
     owner: String,
     shared: Shared,
     fatal: watch::Sender<Option<String>>,
-    stop: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut beats = 0u32;
@@ -67,10 +66,7 @@ pub(crate) fn spawn(
                 }
             }
             beats = beats.wrapping_add(1);
-            tokio::select! {
-                _ = tokio::time::sleep(EVERY) => {}
-                _ = stop.cancelled() => return,
-            }
+            tokio::time::sleep(EVERY).await;
         }
     })
 }

@@ -63,14 +63,7 @@ pub async fn run(
         give_up.clone(),
     );
     let (fatal_tx, fatal_rx) = watch::channel(None);
-    let stop_heartbeat = CancellationToken::new();
-    let heartbeat = heartbeat::spawn(
-        store.clone(),
-        owner.clone(),
-        shared.clone(),
-        fatal_tx,
-        stop_heartbeat.clone(),
-    );
+    let heartbeat = heartbeat::spawn(store.clone(), owner.clone(), shared.clone(), fatal_tx);
     let mut dispatcher = dispatch::Dispatcher::new(
         store.clone(),
         client,
@@ -98,8 +91,8 @@ pub async fn run(
         tracing::error!(calls.unrecorded = unrecorded.count(),
             "stopped before every outcome could be recorded; those jobs stay leased and are rescued at the next start");
     }
-    stop_heartbeat.cancel();
-    let _ = heartbeat.await;
+    // The heartbeat may be waiting on a write that cannot go through: it is not waited for.
+    heartbeat.abort();
     let last = tokio::time::Instant::now().max(deadline) + LAST_WRITES;
     match tokio::time::timeout_at(last, jobs::release_all(&store, &owner)).await {
         Ok(Ok(0)) => {}
@@ -115,6 +108,9 @@ pub async fn run(
         }
     }
     let _ = tokio::time::timeout_at(last, dispatcher::clear(&store, &owner)).await;
+    if let Ok(Err(e)) = tokio::time::timeout_at(last, store.checkpoint()).await {
+        tracing::warn!(error = %e, "could not checkpoint the database's WAL");
+    }
     match (result, recorded) {
         (Err(e), _) => Err(e),
         (Ok(()), false) => Err(anyhow::anyhow!(

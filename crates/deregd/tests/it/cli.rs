@@ -427,24 +427,36 @@ fn operator_commands_show_hand_written_rows_of_the_wrong_type_instead_of_failing
     let _cpu = crate::common::cpu_shared_blocking();
     let env = Env::new();
     env.submit("r1", &["GID_fleet@@@a"]);
-    // What the sqlite3 shell lets through: BLOB ids and label, text that is not UTF-8, and a
-    // word for attempts.
+    // A BLOB label and a word for attempts are refused by the schema, naming the column.
+    for (sql, constraint) in [
+        (
+            "INSERT INTO jobs (instance_id, client_id, run) VALUES ('post-cn-1', 'GID_fleet@@@c', X'7232')",
+            "run_not_text",
+        ),
+        (
+            "INSERT INTO jobs (instance_id, client_id, run, attempts) VALUES ('post-cn-1', 'GID_fleet@@@c', 'r1', 'two')",
+            "attempts_not_integer",
+        ),
+    ] {
+        let out = Command::new("sqlite3").arg(&env.db).arg(sql).output().unwrap();
+        assert!(!out.status.success(), "accepted: {sql}");
+        assert!(text(&out).contains(constraint), "{}", text(&out));
+    }
+    // What the schema lets through: BLOB ids, text that is not UTF-8.
     env.sql(
         "INSERT INTO jobs (instance_id, client_id, run) VALUES ('post-cn-1', X'FF00', 'r1');
          INSERT INTO jobs (instance_id, client_id, run) VALUES (X'706F7374', 'GID_fleet@@@b', 'r1');
-         INSERT INTO jobs (instance_id, client_id, run) VALUES ('post-cn-1', 'GID_fleet@@@c', X'7232');
-         INSERT INTO jobs (instance_id, client_id, run, attempts)
-             VALUES ('post-cn-1', CAST(X'4749445F666C656574404040FF' AS TEXT), 'r1', 'two');",
+         INSERT INTO jobs (instance_id, client_id, run)
+             VALUES ('post-cn-1', CAST(X'4749445F666C656574404040FF' AS TEXT), 'r1');",
     );
     let rows = env.json_lines(&["jobs", "--json"]);
-    assert_eq!(rows.len(), 5);
+    assert_eq!(rows.len(), 4);
     assert_eq!(rows[1]["client_id"], "X'FF00'");
     assert_eq!(rows[2]["instance_id"], "X'706F7374'");
-    assert_eq!(rows[3]["run"], "X'7232'");
-    assert_eq!(rows[4]["client_id"], "GID_fleet@@@\u{fffd}");
-    assert_eq!(rows[4]["attempts"], 0);
+    assert_eq!(rows[3]["client_id"], "GID_fleet@@@\u{fffd}");
+    assert_eq!(rows[3]["attempts"], 0);
     let status = env.ok(&["status"]);
-    assert!(status.contains("X'7232'"), "{status}");
+    assert!(status.contains("r1"), "{status}");
     env.ok(&["report", "--run", "r1"]);
     // Submit's duplicate check reads them too (rows written during a submission: a worker test).
     let out = env.submit("r2", &["GID_fleet@@@a", "GID_fleet@@@d"]);

@@ -285,6 +285,20 @@ async fn a_replaced_database_file_stops_dispatch_and_the_original_keeps_every_ou
         count("SELECT COALESCE(SUM(calls), 0) FROM tps_usage").await,
         succeeded
     );
+    // The file moved in is left as it was: no jobs, nothing billed, not paired with the
+    // original's WAL.
+    let moved_in = deregd::store::Store::open(&app.db_path()).await.unwrap();
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&moved_in.reader)
+        .await
+        .unwrap();
+    assert_eq!(check, "ok");
+    let (jobs, billed): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT COUNT(*) FROM jobs), (SELECT COUNT(*) FROM tps_usage)")
+            .fetch_one(&moved_in.reader)
+            .await
+            .unwrap();
+    assert_eq!((jobs, billed), (0, 0));
 }
 
 #[tokio::test]
