@@ -8,11 +8,11 @@ use crate::store::submit::{Inserted, Submission, CHUNK_ROWS};
 use crate::store::Store;
 
 /// The header that turns the input into CSV.
-pub const CSV_HEADER: &str = "instance_id,client_id";
+pub(crate) const CSV_HEADER: &str = "instance_id,client_id";
 
 /// A line that was not queued, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Rejection {
+pub(crate) struct Rejection {
     /// 1-based line number in the input.
     pub line: usize,
     pub reason: String,
@@ -20,7 +20,7 @@ pub struct Rejection {
 
 /// The input could not be read as a job list at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InputError {
+pub(crate) enum InputError {
     #[error(
         "no InstanceId: pass --instance ID, or give CSV input whose first line is `{CSV_HEADER}`"
     )]
@@ -29,7 +29,7 @@ pub enum InputError {
 
 /// What parsing found besides the pairs themselves.
 #[derive(Debug, Default)]
-pub struct ParseSummary {
+pub(crate) struct ParseSummary {
     /// Valid lines that repeated an earlier line of the same input.
     pub duplicates_in_input: u64,
     pub rejections: Vec<Rejection>,
@@ -39,7 +39,7 @@ pub struct ParseSummary {
 
 /// True when `line` is the CSV header (`instance_id,client_id`, any case, fields optionally
 /// quoted, surrounding blanks ignored).
-pub fn is_csv_header(line: &str) -> bool {
+pub(crate) fn is_csv_header(line: &str) -> bool {
     let mut fields = line.trim().split(',').map(unquote);
     matches!(
         (fields.next(), fields.next(), fields.next()),
@@ -50,7 +50,7 @@ pub fn is_csv_header(line: &str) -> bool {
 
 /// Fails fast, before anything is opened or queued, when the input cannot be read as a job list:
 /// plain input (no CSV header on its first line) without `--instance`.
-pub fn check_input(input: &[u8], instance: Option<&str>) -> Result<(), InputError> {
+pub(crate) fn check_input(input: &[u8], instance: Option<&str>) -> Result<(), InputError> {
     if instance.is_some() {
         return Ok(());
     }
@@ -71,7 +71,7 @@ pub fn check_input(input: &[u8], instance: Option<&str>) -> Result<(), InputErro
 /// nothing). Blank lines and lines starting with `#` are skipped. `instance` is the
 /// `--instance` value: required for plain input; for CSV input, when given, rows naming another
 /// instance are rejected (a guard against the wrong file). `emit` returns false to stop early.
-pub fn parse_chunks<'a>(
+pub(crate) fn parse_chunks<'a>(
     input: &'a [u8],
     instance: Option<&'a str>,
     chunk_rows: usize,
@@ -175,14 +175,14 @@ fn unquote(field: &str) -> &str {
 
 /// What [`submit_input`] did.
 #[derive(Debug, Default)]
-pub struct Submitted {
+pub(crate) struct Submitted {
     pub inserted: Inserted,
     pub parse: ParseSummary,
 }
 
 /// Why [`submit_input`] stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
+pub(crate) enum SubmitError {
     #[error(transparent)]
     Input(#[from] InputError),
     /// The database failed; the chunks committed before it stay queued.
@@ -194,7 +194,7 @@ pub enum SubmitError {
 /// parsing on a blocking thread while the previous chunk is being inserted: on two cores that
 /// hides the parse (a fifth of the work) behind SQLite. The input is `'static` because the
 /// parser thread borrows it while this future runs.
-pub async fn submit_input(
+pub(crate) async fn submit_input(
     db: &Store,
     input: &'static [u8],
     instance: Option<&'static str>,

@@ -9,19 +9,20 @@
 //! dispatcher per database), [`systemd`] (notify, watchdog), [`metrics`] (Prometheus),
 //! [`cli`] (one module per subcommand).
 
+pub mod action;
 pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod credentials;
-pub mod intake;
+pub(crate) mod intake;
 pub mod job;
-pub mod lock;
-pub mod metrics;
+pub(crate) mod lock;
+pub(crate) mod metrics;
 pub mod outcome;
 pub(crate) mod pacing;
-pub mod retry;
+pub(crate) mod retry;
 pub mod store;
-pub mod systemd;
-pub mod telemetry;
+pub(crate) mod systemd;
+pub(crate) mod telemetry;
 pub mod worker;

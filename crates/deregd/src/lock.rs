@@ -12,10 +12,8 @@ use std::path::{Path, PathBuf};
 /// Held for the life of `deregd run`. Dropping it (closing the file) would also drop SQLite's
 /// POSIX locks on the file in this process, so it must outlive the database's connections.
 #[derive(Debug)]
-pub struct DispatchLock {
+pub(crate) struct DispatchLock {
     _file: File,
-    /// `<database>.lock`: who holds the lock, for people.
-    pub path: PathBuf,
 }
 
 /// Another process already dispatches from this database.
@@ -24,13 +22,13 @@ pub struct DispatchLock {
     "another deregd run is already dispatching from {database} (its file is locked{holder}); \
      two dispatchers would double the account's call rate"
 )]
-pub struct AlreadyRunning {
+pub(crate) struct AlreadyRunning {
     pub database: String,
     pub holder: String,
 }
 
 /// Takes the database's dispatcher lock (creating the file if missing), or says who holds it.
-pub fn lock(database: &Path) -> anyhow::Result<DispatchLock> {
+pub(crate) fn lock(database: &Path) -> anyhow::Result<DispatchLock> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -43,12 +41,9 @@ pub fn lock(database: &Path) -> anyhow::Result<DispatchLock> {
     let note = PathBuf::from(note);
     match file.try_lock() {
         Ok(()) => {
-            // Record who holds it, for people and for the next one's message.
+            // `<database>.lock` says who holds it, for people.
             let _ = std::fs::write(&note, format!("pid {}\n", std::process::id()));
-            Ok(DispatchLock {
-                _file: file,
-                path: note,
-            })
+            Ok(DispatchLock { _file: file })
         }
         Err(std::fs::TryLockError::WouldBlock) => {
             let holder = file

@@ -26,7 +26,7 @@ use crate::store::Store;
 use crate::worker::{DispatchStats, Shared};
 
 /// The loop counts as stuck after this long without a turn, milliseconds.
-pub const STUCK_AFTER_MS: i64 = 30_000;
+pub(crate) const STUCK_AFTER_MS: i64 = 30_000;
 
 /// Connections served at once; more are closed as they arrive.
 const MAX_CONNECTIONS: usize = 32;
@@ -36,7 +36,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds `listen` and serves until `shutdown`. Returns the bound address.
-pub async fn serve(
+pub(crate) async fn serve(
     listen: SocketAddr,
     db: Store,
     shared: Shared,
@@ -119,7 +119,7 @@ async fn answer(path: &str, db: &Store, shared: &Shared) -> Response<Full<Bytes>
 }
 
 /// The exposition text.
-pub fn render(stats: &DispatchStats, jobs: Option<&JobCounts>) -> String {
+pub(crate) fn render(stats: &DispatchStats, jobs: Option<&JobCounts>) -> String {
     let mut out = String::new();
     let mut lines = Vec::new();
     let name = header(

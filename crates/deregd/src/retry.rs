@@ -9,7 +9,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use crate::config::RetrySettings;
 
 /// The delay before the call that follows call number `attempt` (1-based) failed transiently.
-pub fn delay_after(settings: &RetrySettings, attempt: i64) -> Duration {
+pub(crate) fn delay_after(settings: &RetrySettings, attempt: i64) -> Duration {
     let (base, max) = (settings.base_delay, settings.max_delay);
     // backon's jitter adds [0, d) to d; halving min and max gives [d/2, d).
     let mut delays = ExponentialBuilder::default()

@@ -13,7 +13,7 @@ use crate::store::Store;
 use crate::worker::Shared;
 
 /// How often the status line is refreshed.
-pub const STATUS_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// Sends off the async runtime's threads: the crate's send blocks while the manager's queue
 /// is full, and a stalled manager must not stall the dispatch loop.
@@ -34,25 +34,25 @@ fn notify(state: &[NotifyState<'_>]) {
     }
 }
 
-pub fn ready() {
+pub(crate) fn ready() {
     notify(&[NotifyState::Ready]);
 }
 
-pub fn stopping() {
+pub(crate) fn stopping() {
     notify(&[NotifyState::Stopping]);
 }
 
-pub fn reloading() {
+pub(crate) fn reloading() {
     notify(&[NotifyState::Reloading]);
 }
 
-pub fn status(line: &str) {
+pub(crate) fn status(line: &str) {
     notify(&[NotifyState::Status(line)]);
 }
 
 /// The watchdog period systemd asked for, if any. As libsystemd's `sd_watchdog_enabled`:
 /// `WATCHDOG_USEC` set, and `WATCHDOG_PID`, when set, naming this process.
-pub fn watchdog_period() -> Option<Duration> {
+pub(crate) fn watchdog_period() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     if let Ok(pid) = std::env::var("WATCHDOG_PID") {
         if pid.parse::<u32>().ok()? != std::process::id() {
@@ -64,7 +64,7 @@ pub fn watchdog_period() -> Option<Duration> {
 
 /// Pings the watchdog while the loop progresses, and refreshes the status line (also logged
 /// at info level every minute, so journald shows progress without the status line).
-pub async fn supervise(db: Store, shared: Shared, shutdown: CancellationToken) {
+pub(crate) async fn supervise(db: Store, shared: Shared, shutdown: CancellationToken) {
     let watchdog = watchdog_period();
     let tick = watchdog
         .map(|w| (w / 3).min(STATUS_EVERY))
@@ -107,7 +107,7 @@ pub async fn supervise(db: Store, shared: Shared, shutdown: CancellationToken) {
 }
 
 /// `"84 calls/s, 12040 pending; run 'fleet-a' 5210/17250"` or `"paused: <reason>"`.
-pub async fn status_line(db: &Store, shared: &Shared, calls_per_second: f64) -> String {
+pub(crate) async fn status_line(db: &Store, shared: &Shared, calls_per_second: f64) -> String {
     let stats = shared.snapshot();
     let (paused, paused_instances, ceiling) = (
         stats.paused.clone(),

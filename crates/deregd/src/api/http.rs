@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::pacing::SendTicket;
 
 /// Largest answer read, bytes: real answers are under 1 KiB.
-pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// An HTTP answer, whatever its status.
 #[derive(Debug, Clone)]
@@ -101,7 +101,7 @@ impl Body for StampedEmpty {
 
 /// How a transport is built.
 #[derive(Debug, Clone)]
-pub struct HttpOptions {
+pub(crate) struct HttpOptions {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     /// Idle connections kept per host (about the calls in flight at once).
@@ -112,13 +112,13 @@ pub struct HttpOptions {
 
 /// One pooled client; cheap to clone.
 #[derive(Clone)]
-pub struct Http {
+pub(crate) struct Http {
     client: Client<Connector, StampedEmpty>,
     timeout: Duration,
 }
 
 impl Http {
-    pub fn new(options: &HttpOptions) -> anyhow::Result<Http> {
+    pub(crate) fn new(options: &HttpOptions) -> anyhow::Result<Http> {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
@@ -154,7 +154,10 @@ impl Http {
 
     /// Sends `request` and reads its answer, within the request timeout and
     /// [`MAX_ANSWER_BYTES`].
-    pub async fn exchange(&self, request: Request<StampedEmpty>) -> Result<Answer, TransportError> {
+    pub(crate) async fn exchange(
+        &self,
+        request: Request<StampedEmpty>,
+    ) -> Result<Answer, TransportError> {
         let exchange = async {
             let response = self
                 .client

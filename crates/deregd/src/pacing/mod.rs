@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use window::SendTicket;
 
-use crate::api::Action;
+use crate::action::Action;
 use budget::{cap_burst, Budget, Grant, Refusal, Shape};
 use window::SendMark;
 

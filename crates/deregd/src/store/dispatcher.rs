@@ -8,7 +8,7 @@ use crate::clock::now_ms;
 
 /// What the running dispatcher last published.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Heartbeat {
+pub(crate) struct Heartbeat {
     pub owner: String,
     pub pid: i64,
     pub host: String,
@@ -21,7 +21,7 @@ pub struct Heartbeat {
 }
 
 /// Publishes this dispatcher's state.
-pub async fn publish(db: &Store, beat: &Heartbeat) -> sqlx::Result<()> {
+pub(crate) async fn publish(db: &Store, beat: &Heartbeat) -> sqlx::Result<()> {
     db.execute(
         sqlx::query(
             "INSERT INTO dispatcher (id, owner, pid, host, heartbeat, paused, rate)
@@ -41,14 +41,14 @@ pub async fn publish(db: &Store, beat: &Heartbeat) -> sqlx::Result<()> {
 }
 
 /// Clears the row on a clean exit.
-pub async fn clear(db: &Store, owner: &str) -> sqlx::Result<()> {
+pub(crate) async fn clear(db: &Store, owner: &str) -> sqlx::Result<()> {
     db.execute(sqlx::query("DELETE FROM dispatcher WHERE owner = ?1").bind(owner))
         .await?;
     Ok(())
 }
 
 /// The last published heartbeat, if any.
-pub async fn last(db: &Store) -> sqlx::Result<Option<Heartbeat>> {
+pub(crate) async fn last(db: &Store) -> sqlx::Result<Option<Heartbeat>> {
     let row = sqlx::query("SELECT owner, pid, host, heartbeat, paused, rate FROM dispatcher")
         .fetch_optional(&db.reader)
         .await?;

@@ -7,11 +7,11 @@
 //! (a full disk, an immutable file) the connection is closed and the next write opens a fresh
 //! one, so the fault clearing is enough for writes to succeed again.
 
-pub mod dispatcher;
+pub(crate) mod dispatcher;
 pub mod jobs;
-pub mod runs;
+pub(crate) mod runs;
 pub mod submit;
-pub mod tps_usage;
+pub(crate) mod tps_usage;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -12,11 +12,11 @@ use crate::job::{lossy, shown, Status};
 use crate::store::Store;
 
 /// Rows changed per write statement.
-pub const CHUNK_ROWS: i64 = 50_000;
+pub(crate) const CHUNK_ROWS: i64 = 50_000;
 
 /// Which jobs an operator command looks at. `None` means "any".
 #[derive(Debug, Clone, Default)]
-pub struct Filter {
+pub(crate) struct Filter {
     pub run: Option<String>,
     pub instance: Option<String>,
     pub statuses: Vec<Status>,
@@ -72,7 +72,7 @@ impl RunCounts {
 }
 
 /// Counts by status per run, ordered by run label.
-pub async fn counts(db: &Store, filter: &Filter) -> sqlx::Result<Vec<RunCounts>> {
+pub(crate) async fn counts(db: &Store, filter: &Filter) -> sqlx::Result<Vec<RunCounts>> {
     let sql = format!(
         "SELECT {}, status, COUNT(*) FROM jobs WHERE {FILTER_SQL}
          GROUP BY run, status ORDER BY run",
@@ -98,7 +98,7 @@ pub async fn counts(db: &Store, filter: &Filter) -> sqlx::Result<Vec<RunCounts>>
 
 /// Progress figures of one run that counts alone do not give.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct Progress {
+pub(crate) struct Progress {
     /// Jobs that reached a final status in the last `window_ms`.
     pub finished_in_window: i64,
     /// The first of those finishes, unix ms (the rate is measured from it when the run began
@@ -113,7 +113,7 @@ pub struct Progress {
 }
 
 /// Progress of `run`, with finishes counted over `[now - window_ms, now]`.
-pub async fn progress(db: &Store, run: &str, window_ms: i64) -> sqlx::Result<Progress> {
+pub(crate) async fn progress(db: &Store, run: &str, window_ms: i64) -> sqlx::Result<Progress> {
     let since = now_ms() - window_ms;
     let row = sqlx::query(
         "SELECT COUNT(*) FILTER (WHERE finished_at >= ?2),
@@ -145,7 +145,7 @@ pub struct CodeCount {
 }
 
 /// The `limit` most frequent `last_code`s of failed and retrying jobs of `run`, most frequent first.
-pub async fn top_codes(db: &Store, run: &str, limit: i64) -> sqlx::Result<Vec<CodeCount>> {
+pub(crate) async fn top_codes(db: &Store, run: &str, limit: i64) -> sqlx::Result<Vec<CodeCount>> {
     let rows = sqlx::query(
         "SELECT last_code, COUNT(*) FILTER (WHERE status = 'failed'),
                 COUNT(*) FILTER (WHERE status = 'pending')
@@ -169,7 +169,7 @@ pub async fn top_codes(db: &Store, run: &str, limit: i64) -> sqlx::Result<Vec<Co
 }
 
 /// The instances that have jobs in `run`.
-pub async fn instances_of(db: &Store, run: &str) -> sqlx::Result<Vec<String>> {
+pub(crate) async fn instances_of(db: &Store, run: &str) -> sqlx::Result<Vec<String>> {
     let sql = format!(
         "SELECT DISTINCT {} FROM jobs WHERE run = ?1 ORDER BY 1",
         shown("instance_id")
@@ -182,7 +182,7 @@ pub async fn instances_of(db: &Store, run: &str) -> sqlx::Result<Vec<String>> {
 }
 
 /// True when at least one job carries the label `run`.
-pub async fn exists(db: &Store, run: &str) -> sqlx::Result<bool> {
+pub(crate) async fn exists(db: &Store, run: &str) -> sqlx::Result<bool> {
     let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE run = ?1 LIMIT 1")
         .bind(run)
         .fetch_optional(&db.reader)
@@ -191,7 +191,7 @@ pub async fn exists(db: &Store, run: &str) -> sqlx::Result<bool> {
 }
 
 /// Cancels the pending jobs of `run` (running ones finish). Returns how many were cancelled.
-pub async fn cancel(db: &Store, run: &str) -> sqlx::Result<u64> {
+pub(crate) async fn cancel(db: &Store, run: &str) -> sqlx::Result<u64> {
     let mut cancelled = 0;
     loop {
         let now = now_ms();
@@ -216,7 +216,7 @@ pub async fn cancel(db: &Store, run: &str) -> sqlx::Result<u64> {
 
 /// What [`requeue`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Requeued {
+pub(crate) struct Requeued {
     pub requeued: u64,
     /// Matching jobs left alone because the same pair is already pending or running.
     pub skipped: u64,
@@ -225,7 +225,7 @@ pub struct Requeued {
 /// Returns the jobs of `run` in `statuses` (and with `code`, if given) to `pending` with a fresh
 /// attempt budget. The last code, message and RequestId stay until the next attempt replaces
 /// them. A pair is requeued at most once, and never while the same pair is already open.
-pub async fn requeue(
+pub(crate) async fn requeue(
     db: &Store,
     run: &str,
     statuses: &[Status],
@@ -276,7 +276,7 @@ pub async fn requeue(
 
 /// One row of the audit export.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct JobRecord {
+pub(crate) struct JobRecord {
     pub id: i64,
     pub instance_id: String,
     pub client_id: String,
@@ -294,7 +294,7 @@ pub struct JobRecord {
 
 /// The jobs matching `filter` in id order, one row at a time (never all in memory). The stream
 /// holds one read snapshot for its whole life.
-pub fn export<'a>(
+pub(crate) fn export<'a>(
     db: &'a Store,
     filter: &'a Filter,
     sql: &'a str,
@@ -321,7 +321,7 @@ pub fn export<'a>(
 }
 
 /// The query text [`export`] runs (kept outside so the stream can borrow it).
-pub fn export_sql() -> String {
+pub(crate) fn export_sql() -> String {
     format!(
         "SELECT id, {}, {}, {}, status, {}, {}, {},
                 CAST(attempts AS INTEGER), CAST(created_at AS INTEGER),

@@ -5,10 +5,10 @@
 use sqlx::SqliteExecutor;
 
 /// Billed calls counted by `(instance_id, unix second)`.
-pub type Tally = Vec<(String, i64, i64)>;
+pub(crate) type Tally = Vec<(String, i64, i64)>;
 
 /// Sums billed calls by instance and second.
-pub fn tally<'a>(calls: impl Iterator<Item = (&'a str, i64)>) -> Tally {
+pub(crate) fn tally<'a>(calls: impl Iterator<Item = (&'a str, i64)>) -> Tally {
     let mut sums: std::collections::BTreeMap<(&str, i64), i64> = Default::default();
     for key in calls {
         *sums.entry(key).or_default() += 1;
@@ -19,7 +19,10 @@ pub fn tally<'a>(calls: impl Iterator<Item = (&'a str, i64)>) -> Tally {
 }
 
 /// Adds billed calls to `tps_usage`, one statement for the whole tally.
-pub async fn record_calls<'e>(exec: impl SqliteExecutor<'e>, tally: &Tally) -> sqlx::Result<()> {
+pub(crate) async fn record_calls<'e>(
+    exec: impl SqliteExecutor<'e>,
+    tally: &Tally,
+) -> sqlx::Result<()> {
     let rows = serde_json::to_string(tally).expect("strings and numbers serialize");
     sqlx::query(
         "INSERT INTO tps_usage (instance_id, second, calls)
@@ -41,7 +44,7 @@ pub struct InstanceUsage {
 }
 
 /// Usage per instance over `[since, until)` unix seconds.
-pub async fn usage_by_instance<'e>(
+pub(crate) async fn usage_by_instance<'e>(
     exec: impl SqliteExecutor<'e>,
     since: i64,
     until: i64,
@@ -78,7 +81,7 @@ pub struct BucketUsage {
 
 /// Usage per instance per `bucket_secs`-long bucket over `[since, until)` unix seconds, for the
 /// instances in `instances` (all when empty); ordered by bucket, then instance.
-pub async fn usage_by_bucket<'e>(
+pub(crate) async fn usage_by_bucket<'e>(
     exec: impl SqliteExecutor<'e>,
     instances: &[String],
     since: i64,
@@ -114,7 +117,7 @@ pub async fn usage_by_bucket<'e>(
 /// Billed calls per second, account-wide, over the last `window_secs` seconds before `now_secs`;
 /// measured from the first billed second when billing began less than a window ago, so a young
 /// run does not read low.
-pub async fn recent_rate<'e>(
+pub(crate) async fn recent_rate<'e>(
     exec: impl SqliteExecutor<'e>,
     now_secs: i64,
     window_secs: i64,
