@@ -548,6 +548,32 @@ async fn malformed_configuration_exits_2_naming_the_key() {
             vec![("DEREGD_LIMITS__MAX_UNRECORDED", "10")],
             "limits.max_unrecorded",
         ),
+        (Some("[limits]\nqps = 280.6\n"), vec![], "limits.qps"),
+        (Some("[limits]\nqps = \"280\"\n"), vec![], "limits.qps"),
+        (Some("[limits]\nqps = true\n"), vec![], "limits.qps"),
+        (
+            Some("[limits]\nmax_in_flight = 64.4\n"),
+            vec![],
+            "limits.max_in_flight",
+        ),
+        (
+            None,
+            vec![(
+                "DEREGD_API__ENDPOINT",
+                "https://u:hunter2@onsmqtt.cn-hangzhou.aliyuncs.com",
+            )],
+            "api.endpoint",
+        ),
+        (
+            Some("[metrics]\nlisten = \"0.0.0.0:9464\"\n"),
+            vec![],
+            "metrics.listen",
+        ),
+        (
+            Some("[limits]\nburst = 3\n"),
+            vec![("DEREGD_LIMITS__QPS", "5")],
+            "limits.burst",
+        ),
     ];
     for (toml, env, key) in cases {
         let mut cmd = deregd(&app);
@@ -566,6 +592,10 @@ async fn malformed_configuration_exits_2_naming_the_key() {
             "{toml:?} {env:?} should name {key}: {stderr}"
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            !stderr.contains("hunter2"),
+            "a password is never repeated: {stderr}"
+        );
     }
     assert_eq!(app.emulator.stats().total_requests, 0);
 }

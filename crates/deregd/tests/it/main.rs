@@ -7,4 +7,5 @@ mod common;
 mod hostile;
 mod service;
 mod store_faults;
+mod typed_rows;
 mod worker;
