@@ -521,3 +521,74 @@ fn log_outcome(job: &Job, outcome: &Outcome, completion: &Completion) {
         Outcome::Pause { .. } => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onsmqtt_emulator::{Emulator, EmulatorSettings};
+
+    #[tokio::test]
+    async fn with_the_recorder_gone_not_one_call_goes_out() {
+        let emulator = Emulator::start(EmulatorSettings::default()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("d.db")).await.unwrap();
+        let pairs: Vec<(String, String)> = (0..50)
+            .map(|i| {
+                (
+                    "post-cn-0pp12gl0001".to_string(),
+                    format!("GID_test@@@d{i}"),
+                )
+            })
+            .collect();
+        let pairs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        crate::store::submit::submit(&store, &pairs, "r")
+            .await
+            .unwrap();
+        let env = std::collections::BTreeMap::from([(
+            "DEREGD_API__ENDPOINT".to_string(),
+            emulator.endpoint(),
+        )]);
+        let settings = Settings::load_from(None, &env).unwrap();
+        let client = ApiClient::new(
+            &settings,
+            crate::credentials::Credentials {
+                access_key_id: "testid".into(),
+                access_key_secret: crate::credentials::Secret::new("testsecret"),
+                security_token: None,
+            },
+        )
+        .unwrap();
+        let shared = Shared::new(&settings.limits);
+        let (recorder_tx, _recorder_rx) = mpsc::unbounded_channel();
+        // A recorder that has already ended (it panicked, say).
+        let mut recorder = tokio::spawn(async {});
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (_fatal_tx, fatal_rx) = watch::channel(None);
+        let mut dispatcher = Dispatcher::new(
+            store,
+            client,
+            settings,
+            "owner".into(),
+            Arc::default(),
+            recorder_tx,
+            fatal_rx,
+            shared,
+        );
+        let result = tokio::time::timeout(
+            Duration::from_secs(10),
+            dispatcher.run(
+                &CancellationToken::new(),
+                RunOptions::default(),
+                &mut recorder,
+            ),
+        )
+        .await
+        .expect("stops at once");
+        let error = result.expect_err("a run without its recorder is an error");
+        assert!(error.to_string().contains("recorder"), "{error}");
+        assert_eq!(emulator.stats().total_requests, 0);
+    }
+}
