@@ -30,7 +30,7 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Read-only connections, all opened with the database.
 const READERS: u32 = 4;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// The two pools of one database file.
 #[derive(Clone, Debug)]
