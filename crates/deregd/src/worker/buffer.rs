@@ -167,9 +167,13 @@ impl Buffer {
                 if jobs.is_empty() {
                     self.exhausted = !claimed.open;
                     let wait = match claimed.next_due {
-                        Some(due) => Duration::from_millis(
-                            (due - now_ms()).clamp(1, poll.as_millis() as i64) as u64,
-                        ),
+                        // At least 1 ms, unless the poll itself is zero (the drain's last take).
+                        Some(due) => {
+                            let poll_ms = poll.as_millis() as i64;
+                            Duration::from_millis(
+                                (due - now_ms()).clamp(poll_ms.min(1), poll_ms) as u64
+                            )
+                        }
                         None => poll,
                     };
                     self.rest_until = Some(now + wait);
@@ -194,5 +198,40 @@ impl Buffer {
                 Took::Failed(format!("jobs not claimed: {e}"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nothing_due(next_due: Option<i64>) -> Claimed {
+        Claimed {
+            jobs: Ok(Vec::new()),
+            next_due,
+            open: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_claim_taken_with_a_zero_poll_does_not_panic() {
+        // The drain takes its last claim with a zero poll; a retry due later must not panic.
+        let mut buffer = Buffer::default();
+        let took = buffer.take(nothing_due(Some(now_ms() + 5_000)), Duration::ZERO);
+        assert!(matches!(took, Took::Nothing));
+        assert!(buffer.rest_until.is_some_and(|at| at <= Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn an_empty_claim_rests_until_the_next_retry_at_most_a_poll() {
+        let poll = Duration::from_millis(500);
+        let mut buffer = Buffer::default();
+        buffer.take(nothing_due(Some(now_ms() + 60_000)), poll);
+        let until = buffer.rest_until.unwrap();
+        assert!(until <= Instant::now() + poll);
+        let before = Instant::now();
+        buffer.take(nothing_due(Some(now_ms() - 1_000)), poll);
+        let until = buffer.rest_until.unwrap();
+        assert!(until >= before + Duration::from_millis(1));
     }
 }
