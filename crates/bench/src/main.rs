@@ -21,6 +21,8 @@ use deregd::job::Status;
 use deregd::store::jobs::{self, Completion};
 use deregd::store::Store;
 
+mod listing;
+
 /// The repository's root: bench/run's scripts and notes live there.
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
@@ -53,6 +55,8 @@ struct Sizes {
     submit_repeats: usize,
     memory_secs: u64,
     latency_samples: usize,
+    /// Credentials in the group `submit --group` snapshots.
+    listing_group: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -65,6 +69,7 @@ const FULL: Sizes = Sizes {
     submit_repeats: 3,
     memory_secs: 60,
     latency_samples: 50,
+    listing_group: 100_000,
 };
 
 const QUICK: Sizes = Sizes {
@@ -77,6 +82,7 @@ const QUICK: Sizes = Sizes {
     submit_repeats: 1,
     memory_secs: 10,
     latency_samples: 10,
+    listing_group: 10_000,
 };
 
 struct Args {
@@ -95,7 +101,9 @@ impl Args {
 }
 
 /// The sections `--only` can pick (for profiling one of them).
-const SECTIONS: [&str; 5] = ["pacing", "headroom", "submit", "memory", "latency"];
+const SECTIONS: [&str; 6] = [
+    "pacing", "headroom", "submit", "memory", "latency", "listing",
+];
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
@@ -294,6 +302,10 @@ fn try_main() -> Result<()> {
     if args.runs("latency") {
         println!("== pick-up latency, {} inserts", sizes.latency_samples);
         pickup_latency(dir, &mut report, sizes.latency_samples)?;
+    }
+    if args.runs("listing") {
+        println!("== submit --group, a group of {}", sizes.listing_group);
+        listing::section(dir, &mut report, sizes.listing_group)?;
     }
 
     let elapsed = started.elapsed();
@@ -1241,6 +1253,11 @@ struct EmulatorProc {
 
 impl EmulatorProc {
     fn start(dir: &Path, name: &str) -> Result<EmulatorProc> {
+        EmulatorProc::start_with(dir, name, &[])
+    }
+
+    /// As [`EmulatorProc::start`], with more `deregd emulator` arguments.
+    fn start_with(dir: &Path, name: &str, extra: &[String]) -> Result<EmulatorProc> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -1250,6 +1267,7 @@ impl EmulatorProc {
             .args(["--rate-limit", &EMULATOR_RATE_LIMIT.to_string()])
             .args(["--latency-ms", &LATENCY_MS.to_string()])
             .args(["--jitter-ms", &JITTER_MS.to_string()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file(dir, &format!("emulator-{name}"))?)

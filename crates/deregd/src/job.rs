@@ -155,6 +155,26 @@ pub fn check_client_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a GroupId: 7-64 of `A-Z a-z 0-9 - _`, starting with `GID_` or `GID-`.
+pub fn check_group_id(group: &str) -> Result<(), String> {
+    if let Some(c) = group.chars().find(|c| !is_id_char(*c)) {
+        return Err(format!(
+            "GroupId contains {}; only letters, digits, '-' and '_' are allowed",
+            describe(c)
+        ));
+    }
+    if !(group.starts_with("GID_") || group.starts_with("GID-")) {
+        return Err("GroupId must start with 'GID_' or 'GID-'".into());
+    }
+    if !(7..=64).contains(&group.len()) {
+        return Err(format!(
+            "GroupId '{group}' is {} characters long; 7 to 64",
+            group.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Checks both ids of a job; the reason goes into `last_message` of a rejected job.
 pub fn check(instance_id: &str, client_id: &str) -> Result<(), String> {
     check_instance_id(instance_id)?;
@@ -216,6 +236,17 @@ mod tests {
         assert!(check_client_id(&long).unwrap_err().contains("at most 64"));
         let huge = "x".repeat(1 << 20);
         assert!(check_client_id(&huge).unwrap_err().contains("at most 64"));
+    }
+
+    #[test]
+    fn group_ids_follow_the_api_rules() {
+        assert_eq!(check_group_id("GID_meter_v1"), Ok(()));
+        assert!(check_group_id("GID_ab").unwrap_err().contains("7 to 64"));
+        assert!(check_group_id("GRP_meter")
+            .unwrap_err()
+            .contains("start with"));
+        assert!(check_group_id("GID_a@@@b").unwrap_err().contains("'@'"));
+        assert!(check_group_id(&format!("GID_{}", "a".repeat(61))).is_err());
     }
 
     #[test]

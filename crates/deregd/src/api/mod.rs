@@ -4,6 +4,7 @@
 
 pub(crate) mod client;
 pub(crate) mod http;
+pub(crate) mod registry;
 pub mod signer;
 
 pub use client::ApiClient;

@@ -50,6 +50,12 @@ const MALFORMED: [&str; 5] = [
     "GID_fleet@@@dev-46/../47",
 ];
 const UNREGISTERED: usize = 5;
+/// The registry's two groups on the first instance: the demo deregisters the first by
+/// `submit --group` and leaves the second alone.
+const GROUP_GONE: (&str, usize) = ("GID_meter_v1", 300);
+const GROUP_KEPT: (&str, usize) = ("GID_meter_v2", 200);
+/// Finished jobs of the group run asked for one by one (`verify --sample`).
+const GROUP_SAMPLE: u32 = 20;
 
 pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
@@ -79,7 +85,9 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         })
         .collect();
     let emulator = Emulator::start(EmulatorSettings {
-        registry: Registry::all_except(unregistered.clone()),
+        registry: Registry::all_except(unregistered.clone())
+            .with_group(INSTANCES[0], GROUP_GONE.0, GROUP_GONE.1)
+            .with_group(INSTANCES[0], GROUP_KEPT.0, GROUP_KEPT.1),
         faults: demo_faults(faults_on),
         seed: 42,
         ..EmulatorSettings::default()
@@ -122,27 +130,8 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         access_key_secret: Secret::new("testsecret"),
         security_token: None,
     };
-    let client = ApiClient::new(&settings, credentials)?;
-    let shared = Shared::new(&settings.limits);
-    let started = Instant::now();
-    let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(worker::run(
-        db.clone(),
-        client,
-        settings.clone(),
-        shutdown.clone(),
-        RunOptions { until_empty: true },
-        shared.clone(),
-    ));
-    let progress = tokio::spawn(show_progress(db.clone(), shared.clone(), total, started));
-    let result = tokio::select! {
-        r = worker => r?,
-        _ = tokio::signal::ctrl_c() => { shutdown.cancel(); Ok(()) }
-    };
-    progress.abort();
-    result?;
-    let elapsed = started.elapsed();
-    let emu = emulator.shutdown().await;
+    let (elapsed, shared) = dispatch(&db, &settings, &credentials, total).await?;
+    let emu = emulator.stats();
 
     // 4. The report and the cross-check.
     let counts = run_counts(&db, &run_label).await?;
@@ -227,12 +216,108 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         println!("  [{}] {what}", if good { "ok" } else { "MISMATCH" });
         ok &= good;
     }
+    if ok {
+        ok = group_run(&db, &settings, &credentials, &emulator, &run_label).await?;
+    }
     db.close().await;
+    emulator.shutdown().await;
     if !ok {
         anyhow::bail!("the daemon's counts disagree with the emulator's (see above)");
     }
     println!("\nall counts agree. Next: README.md shows how to run this against the real API.");
     Ok(())
+}
+
+/// Runs the dispatch loop until nothing is open, with progress; the time it took and its stats.
+async fn dispatch(
+    db: &Store,
+    settings: &Settings,
+    credentials: &Credentials,
+    total: u64,
+) -> anyhow::Result<(Duration, Shared)> {
+    let client = ApiClient::new(settings, credentials.clone())?;
+    let shared = Shared::new(&settings.limits);
+    let started = Instant::now();
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(worker::run(
+        db.clone(),
+        client,
+        settings.clone(),
+        shutdown.clone(),
+        RunOptions { until_empty: true },
+        shared.clone(),
+    ));
+    let progress = tokio::spawn(show_progress(db.clone(), shared.clone(), total, started));
+    let result = tokio::select! {
+        r = worker => r?,
+        _ = tokio::signal::ctrl_c() => { shutdown.cancel(); Ok(()) }
+    };
+    progress.abort();
+    result?;
+    Ok((started.elapsed(), shared))
+}
+
+/// The second part: a run taken from the registry by group (`deregd submit --group`), run,
+/// then verified empty (`deregd verify`); the other group of the instance is untouched.
+async fn group_run(
+    db: &Store,
+    settings: &Settings,
+    credentials: &Credentials,
+    emulator: &Emulator,
+    run_label: &str,
+) -> anyhow::Result<bool> {
+    let instance = INSTANCES[0];
+    let (gone, kept) = (GROUP_GONE.0, GROUP_KEPT.0);
+    let run = format!("{run_label}-{gone}");
+    println!("\na run from the registry: every credential of group {gone} on {instance} goes, {kept} stays");
+    let client = ApiClient::new(settings, credentials.clone())?;
+    let mut registry = crate::registry::Registry::new(settings, client, db);
+    let submitted =
+        crate::groups::submit(db, &mut registry, instance, &[gone.to_string()], &run).await?;
+    let listed = submitted.first().map_or(0, |g| g.listed);
+    println!(
+        "  submit --group {gone}: listed {listed}, queued {}",
+        submitted.first().map_or(0, |g| g.queued)
+    );
+    let (elapsed, _) = dispatch(db, settings, credentials, listed).await?;
+    let counts = run_counts(db, &run).await?;
+    let get = |s: &str| counts.counts.get(s).copied().unwrap_or(0);
+    println!(
+        "  run        '{run}' finished in {:.1} s: succeeded {}, not_found {}",
+        elapsed.as_secs_f64(),
+        get("succeeded"),
+        get("not_found")
+    );
+    let verified =
+        crate::groups::verify(db, &mut registry, &run, Some(GROUP_SAMPLE), false).await?;
+    let relisted: u64 = verified.groups.iter().map(|g| g.listed).sum();
+    let sample = verified.sample.clone().unwrap_or_default();
+    println!("  verify --sample {GROUP_SAMPLE}: {gone} lists {relisted} now; {} of {} sampled confirmed gone", sample.confirmed, sample.asked);
+    let checks = [
+        (
+            "the listing held the whole group",
+            listed == GROUP_GONE.1 as u64,
+        ),
+        (
+            "every job of the group ended succeeded or not_found",
+            get("succeeded") + get("not_found") == listed as i64,
+        ),
+        ("verify lists the group empty", verified.clean()),
+        (
+            "the emulator holds none of the group",
+            emulator.group_len(instance, gone) == 0,
+        ),
+        (
+            "the other group was not touched",
+            emulator.group_len(instance, kept) == GROUP_KEPT.1,
+        ),
+    ];
+    let mut ok = true;
+    for (what, good) in checks {
+        println!("  [{}] {what}", if good { "ok" } else { "MISMATCH" });
+        ok &= good;
+    }
+    Ok(ok)
 }
 
 fn demo_faults(on: bool) -> Faults {

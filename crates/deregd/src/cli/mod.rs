@@ -19,6 +19,8 @@ pub mod requeue;
 pub mod run;
 pub mod status;
 pub mod submit;
+pub(crate) mod submit_group;
+pub mod verify;
 
 /// Bulk deregistration of ApsaraMQ for MQTT device credentials.
 #[derive(Debug, Parser)]
@@ -60,6 +62,8 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Export jobs (the audit trail) as a table, CSV or JSON Lines.
     Jobs(jobs::JobsArgs),
+    /// Check a run against the vendor's registry: its groups listed again, or a sample asked for.
+    Verify(verify::VerifyArgs),
     /// Cancel the pending jobs of a run.
     Cancel(cancel::CancelArgs),
     /// Return failed (or cancelled) jobs of a run to pending.
@@ -115,6 +119,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(settings, args).await,
         Command::Report(args) => report::run(settings, args).await,
         Command::Jobs(args) => jobs::run(settings, args).await,
+        Command::Verify(args) => verify::run(settings, args).await,
         Command::Cancel(args) => cancel::run(settings, args).await,
         Command::Requeue(args) => requeue::run(settings, args).await,
         Command::Emulator(_) => unreachable!("handled above"),

@@ -12,7 +12,8 @@ use crate::cli::UsageError;
 use crate::clock::{format_ms, now_ms};
 use crate::config::Settings;
 use crate::store::runs::{self, RunCounts};
-use crate::store::tps_usage::{self, BucketUsage, InstanceUsage};
+use crate::store::tps_usage::{self, ActionUsage, BucketUsage, InstanceUsage};
+use crate::store::verifications::{self, Verification};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Bucket {
@@ -117,8 +118,13 @@ pub struct Report {
     pub buckets: Vec<BucketUsage>,
     /// Per instance over the window: billed calls and peak calls in one second.
     pub instances: Vec<InstanceUsage>,
+    /// Per instance and action over the window: billed calls (UnRegister, and the List and
+    /// Get calls of `submit --group` and `verify`).
+    pub actions: Vec<ActionUsage>,
     /// Current job counts per run (not limited to the window).
     pub outcomes: Vec<RunCounts>,
+    /// With `--run`: the run's last `deregd verify`.
+    pub last_verification: Option<Verification>,
 }
 
 pub async fn run(settings: Settings, args: ReportArgs) -> anyhow::Result<()> {
@@ -200,6 +206,11 @@ async fn build(
         .into_iter()
         .filter(|u| instances.is_empty() || instances.contains(&u.instance_id))
         .collect();
+    let actions = tps_usage::usage_by_action(&db.reader, &instances, since_s, until_s).await?;
+    let last_verification = match &args.run {
+        Some(run) => verifications::last(db, run).await?,
+        None => None,
+    };
     let outcomes = runs::counts(
         db,
         &runs::Filter {
@@ -216,7 +227,9 @@ async fn build(
         note,
         buckets,
         instances: totals,
+        actions,
         outcomes,
+        last_verification,
     })
 }
 
@@ -280,6 +293,15 @@ fn print(report: &Report, format: Format) -> anyhow::Result<()> {
     let total: i64 = report.instances.iter().map(|i| i.calls).sum();
     writeln!(out, "{:<24}  {total:>10}", "total")?;
     writeln!(out)?;
+    writeln!(out, "{:<24}  {:<34}  {:>10}", "INSTANCE", "ACTION", "CALLS")?;
+    for a in &report.actions {
+        writeln!(
+            out,
+            "{:<24}  {:<34}  {:>10}",
+            a.instance_id, a.action, a.calls
+        )?;
+    }
+    writeln!(out)?;
     writeln!(out, "outcomes per run (current counts, all time):")?;
     for run in &report.outcomes {
         let counts: Vec<String> = run
@@ -290,6 +312,9 @@ fn print(report: &Report, format: Format) -> anyhow::Result<()> {
             .collect();
         let label = if run.run.is_empty() { "\"\"" } else { &run.run };
         writeln!(out, "  {label}: {}", counts.join(", "))?;
+    }
+    if let Some(v) = &report.last_verification {
+        writeln!(out, "last verification: {}", v.describe())?;
     }
     out.flush()?;
     Ok(())

@@ -12,8 +12,10 @@ use crate::cli::UsageError;
 use crate::clock::{format_ms, now_ms};
 use crate::config::Settings;
 use crate::store::dispatcher;
+use crate::store::groups::{self as run_groups, RunGroup};
 use crate::store::runs::{self, CodeCount, RunCounts};
 use crate::store::tps_usage;
+use crate::store::verifications::{self, Verification};
 use crate::store::Store;
 
 /// The window of "recent" progress, milliseconds.
@@ -95,6 +97,10 @@ pub struct RunStatus {
     pub next_retry_at: Option<String>,
     /// Most frequent last error codes of failed and retrying jobs.
     pub top_codes: Vec<CodeCount>,
+    /// The groups the run was taken from (`submit --group`).
+    pub groups: Vec<RunGroup>,
+    /// The last `deregd verify` of the run.
+    pub last_verification: Option<Verification>,
 }
 
 pub async fn run(settings: Settings, args: StatusArgs) -> anyhow::Result<()> {
@@ -163,6 +169,8 @@ pub async fn snapshot(db: &Store, run: Option<&str>) -> anyhow::Result<Snapshot>
 async fn run_status(db: &Store, counts: RunCounts) -> anyhow::Result<RunStatus> {
     let progress = runs::progress(db, &counts.run, WINDOW_MS).await?;
     let top_codes = runs::top_codes(db, &counts.run, TOP_CODES).await?;
+    let groups = run_groups::of_run(db, &counts.run).await?;
+    let last_verification = verifications::last(db, &counts.run).await?;
     // Over the last minute, or since the run's first finish when that is more recent.
     let window_ms = progress
         .first_finished_in_window
@@ -182,6 +190,8 @@ async fn run_status(db: &Store, counts: RunCounts) -> anyhow::Result<RunStatus> 
         eta_secs,
         next_retry_at: progress.next_retry_at.map(format_ms),
         top_codes,
+        groups,
+        last_verification,
         run: counts.run,
         counts: counts.counts,
     })
@@ -221,6 +231,19 @@ fn print(snap: &Snapshot, json: bool) -> anyhow::Result<()> {
         )?;
         if let Some(at) = &run.next_retry_at {
             writeln!(out, "  next retry: {at}")?;
+        }
+        for g in &run.groups {
+            writeln!(
+                out,
+                "  group:      {} on {} ({} listed at {})",
+                g.group_id,
+                g.instance_id,
+                g.listed,
+                format_ms(g.listed_at)
+            )?;
+        }
+        if let Some(v) = &run.last_verification {
+            writeln!(out, "  verified:   {}", v.describe())?;
         }
         for code in &run.top_codes {
             writeln!(

@@ -29,6 +29,10 @@ pub struct SubmitArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Queue every credential of this GroupId on `--instance`, listed from the vendor's
+    /// registry (repeatable; needs credentials and the api settings, like `run`).
+    #[arg(long = "group", value_name = "GID", conflicts_with = "file")]
+    pub groups: Vec<String>,
     /// One ClientId per line, or CSV with the header `instance_id,client_id`; `-` or nothing
     /// reads standard input.
     #[arg(value_name = "FILE|-")]
@@ -37,6 +41,9 @@ pub struct SubmitArgs {
 
 pub async fn run(settings: Settings, args: SubmitArgs) -> anyhow::Result<()> {
     check_run(&args.run)?;
+    if !args.groups.is_empty() {
+        return super::submit_group::run(settings, args).await;
+    }
     if let Some(instance) = &args.instance {
         job::check_instance_id(instance).map_err(|e| UsageError(format!("--instance: {e}")))?;
     }

@@ -91,6 +91,16 @@ struct Body {
 
 /// Maps an answer (or its absence) to an [`Outcome`].
 pub fn classify(answer: &Result<Answer, TransportError>) -> Classified {
+    classify_keeping(answer, true)
+}
+
+/// [`classify`] for an answer that may carry a device's secret (`GetDeviceCredential`): of a
+/// body that is not the API's JSON, nothing is kept but its status and length.
+pub(crate) fn classify_withheld(answer: &Result<Answer, TransportError>) -> Classified {
+    classify_keeping(answer, false)
+}
+
+fn classify_keeping(answer: &Result<Answer, TransportError>, excerpt: bool) -> Classified {
     let answer = match answer {
         Ok(answer) => answer,
         Err(error) => {
@@ -139,7 +149,11 @@ pub fn classify(answer: &Result<Answer, TransportError>) -> Classified {
             // Not the JSON it should be: a proxy's HTML page, a truncated body, nothing at all.
             Outcome::Retry {
                 code: format!("HTTP{}", answer.status),
-                message: sanitize::foreign_body(answer.status, &answer.body),
+                message: if excerpt {
+                    sanitize::foreign_body(answer.status, &answer.body)
+                } else {
+                    sanitize::withheld_body(answer.status, &answer.body)
+                },
                 request_id,
                 pressure: status_pressure(answer.status),
                 retry_after: answer.retry_after,

@@ -73,6 +73,14 @@ pub(crate) fn foreign_body(status: u16, body: &[u8]) -> String {
     )
 }
 
+/// What is kept of a body that is not the API's JSON and may carry a secret: status and length.
+pub(crate) fn withheld_body(status: u16, body: &[u8]) -> String {
+    format!(
+        "HTTP {status} with a {}-byte body that is not the API's JSON (not kept: it may carry a device secret)",
+        body.len()
+    )
+}
+
 /// Text with `<...>` markup dropped and white space folded.
 fn without_markup(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(4096));

@@ -311,6 +311,17 @@ impl<C: Clock> Pacer<C> {
             .unwrap_or(Duration::from_millis(1))
     }
 
+    /// Waits until one call of `action` on `instance` may go, and takes its places (callers
+    /// with a single candidate: the registry's listing and verification).
+    pub(crate) async fn until_ready(&mut self, action: Action, instance: &str) -> Permit {
+        loop {
+            match self.acquire(action, [instance]) {
+                Acquired::Go { permit, .. } => return permit,
+                Acquired::Wait(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
     /// Starts every pace afresh: work arrives after none, and the credit built up meanwhile
     /// is owed to no one.
     pub(crate) fn restart(&mut self) {

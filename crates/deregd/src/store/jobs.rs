@@ -164,10 +164,13 @@ pub async fn complete(db: &Store, owner: &str, batch: &[Completion]) -> sqlx::Re
             ])
         })
         .collect();
-    let billed = tps_usage::tally(batch.iter().filter_map(|c| {
-        c.billed_second
-            .map(|second| (c.instance_id.as_str(), second))
-    }));
+    let billed = tps_usage::tally(
+        crate::action::Action::UnRegister,
+        batch.iter().filter_map(|c| {
+            c.billed_second
+                .map(|second| (c.instance_id.as_str(), second))
+        }),
+    );
     let rows = serde_json::Value::Array(rows).to_string();
     db.write(async |conn| {
         let updated = sqlx::query(

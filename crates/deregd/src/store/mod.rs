@@ -8,10 +8,13 @@
 //! one, so the fault clearing is enough for writes to succeed again.
 
 pub(crate) mod dispatcher;
+pub(crate) mod groups;
 pub mod jobs;
+pub(crate) mod listings;
 pub(crate) mod runs;
 pub mod submit;
 pub(crate) mod tps_usage;
+pub(crate) mod verifications;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

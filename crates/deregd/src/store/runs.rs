@@ -346,3 +346,81 @@ fn bind_filter<'q>(
         .bind(filter.statuses_json())
         .bind(filter.code.clone())
 }
+
+/// The status of the newest job of `run` for each of `client_ids` on `instance` that has one.
+pub(crate) async fn statuses_of(
+    db: &Store,
+    run: &str,
+    instance: &str,
+    client_ids: &[String],
+) -> sqlx::Result<Vec<(String, String)>> {
+    let ids = serde_json::to_string(client_ids).expect("strings serialize");
+    sqlx::query_as(
+        "SELECT client_id, status FROM jobs
+         WHERE id IN (SELECT MAX(id) FROM jobs
+                      WHERE run = ?1 AND instance_id = ?2
+                        AND client_id IN (SELECT value FROM json_each(?3))
+                      GROUP BY client_id)",
+    )
+    .bind(run)
+    .bind(instance)
+    .bind(ids)
+    .fetch_all(&db.reader)
+    .await
+}
+
+/// Up to `n` jobs of `run` that ended `succeeded` or `not_found`, picked at random:
+/// `(instance_id, client_id)`.
+pub(crate) async fn sample_finished(
+    db: &Store,
+    run: &str,
+    n: u32,
+) -> sqlx::Result<Vec<(String, String)>> {
+    sqlx::query_as(
+        "SELECT instance_id, client_id FROM jobs
+         WHERE run = ?1 AND status IN ('succeeded', 'not_found')
+           AND typeof(instance_id) = 'text' AND typeof(client_id) = 'text'
+         ORDER BY random() LIMIT ?2",
+    )
+    .bind(run)
+    .bind(i64::from(n))
+    .fetch_all(&db.reader)
+    .await
+}
+
+/// Returns the newest finished job of `run` for each of `client_ids` on `instance` to
+/// `pending` with a fresh attempt budget, unless the pair is already open. Returns how many.
+pub(crate) async fn requeue_pairs(
+    db: &Store,
+    run: &str,
+    instance: &str,
+    client_ids: &[String],
+) -> sqlx::Result<u64> {
+    let mut requeued = 0;
+    for chunk in client_ids.chunks(CHUNK_ROWS as usize) {
+        let ids = serde_json::to_string(chunk).expect("strings serialize");
+        let result = db
+            .execute(
+                sqlx::query(
+                    "UPDATE jobs SET status = 'pending', attempts = 0, next_attempt_at = 0,
+                         finished_at = NULL, lease_owner = NULL, lease_until = NULL, updated_at = ?4
+                     WHERE id IN (SELECT MAX(id) FROM jobs
+                                  WHERE run = ?1 AND instance_id = ?2
+                                    AND client_id IN (SELECT value FROM json_each(?3))
+                                  GROUP BY client_id)
+                       AND status NOT IN ('pending', 'running')
+                       AND NOT EXISTS (SELECT 1 FROM jobs AS o
+                                       WHERE o.instance_id = jobs.instance_id
+                                         AND o.client_id = jobs.client_id
+                                         AND o.status IN ('pending', 'running'))",
+                )
+                .bind(run)
+                .bind(instance)
+                .bind(ids)
+                .bind(now_ms()),
+            )
+            .await?;
+        requeued += result.rows_affected();
+    }
+    Ok(requeued)
+}

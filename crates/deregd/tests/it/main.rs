@@ -4,6 +4,7 @@
 mod adversity;
 mod cli;
 mod common;
+mod groups;
 mod hostile;
 mod service;
 mod store_faults;
