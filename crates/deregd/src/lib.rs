@@ -28,3 +28,12 @@ pub mod store;
 pub(crate) mod systemd;
 pub(crate) mod telemetry;
 pub mod worker;
+
+/// An environment of `pairs`, for the unit tests of whatever reads one.
+#[cfg(test)]
+pub(crate) fn test_env(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

@@ -240,6 +240,13 @@ pub(crate) fn render(stats: &DispatchStats, jobs: Option<&JobCounts>) -> String 
             escape(&p.code)
         ));
     }
+    // Run labels are the operator's; the reason (free text) stays out of the label set.
+    for run in stats.paused_runs.keys() {
+        lines.push(format!(
+            "{name}{{scope=\"run\",run=\"{}\",code=\"RunPaused\"}} 1",
+            escape(run)
+        ));
+    }
     flush(&mut out, &mut lines);
     let name = header(
         &mut out,

@@ -104,6 +104,7 @@ impl<'s> Registry<'s> {
                 )
                 .await;
             let judged = judge(
+                self.client.credentials(),
                 &mut self.pacer,
                 &self.retry,
                 action,
@@ -181,7 +182,15 @@ impl<'s> Registry<'s> {
                 _ = tokio::time::sleep_until(due), if ready.is_none() && in_flight.len() < CONCURRENT => continue,
             };
             let (i, attempt, route, answer) = done;
-            let judged = judge(pacer, retry, action, &route, attempt, answer);
+            let judged = judge(
+                client.credentials(),
+                pacer,
+                retry,
+                action,
+                &route,
+                attempt,
+                answer,
+            );
             bill(store, action, &requests[i].instance, judged.billed).await?;
             match judged.verdict {
                 Verdict::Done(done) => each(requests[i].key, done).await?,
@@ -416,6 +425,7 @@ enum Verdict {
 /// Classifies one answer (Get's without its body), tells the pacer, and decides: a result, or
 /// another try after a backoff while `retry.max_attempts` allows.
 fn judge(
+    credentials: &crate::credentials::Provider,
     pacer: &mut Pacer,
     retry: &RetrySettings,
     action: Action,
@@ -472,6 +482,21 @@ fn judge(
                 message,
                 hint: None,
             }))
+        }
+        // Renewable credentials are renewed at once and the call tried again; fixed ones
+        // cannot be, and the call's answer stands.
+        Outcome::StaleCredentials { code, message, .. } => {
+            if credentials.refused(credentials.current().generation) {
+                tracing::info!(api.action = action.name(), api.code = %code,
+                    "the API refused the credentials; renewing them, the call is made again");
+                Verdict::Again(retry.base_delay)
+            } else {
+                Verdict::Done(Err(CallError::Refused {
+                    code,
+                    message,
+                    hint: Some(crate::outcome::STALE_CREDENTIALS_HINT),
+                }))
+            }
         }
         Outcome::Pause {
             code,

@@ -138,5 +138,8 @@ pub(crate) async fn status_line(db: &Store, shared: &Shared, calls_per_second: f
     if paused_instances > 0 {
         line.push_str(&format!("; {paused_instances} instance(s) paused"));
     }
+    for (run, why) in &stats.paused_runs {
+        line.push_str(&format!("; run '{run}' paused: {why}"));
+    }
     line
 }

@@ -45,6 +45,10 @@ pub struct MetadataSettings {
     pub imdsv1_disabled: bool,
     /// Path that serves the credentials JSON for `ALIBABA_CLOUD_CREDENTIALS_URI`.
     pub credentials_path: String,
+    /// Added to the `Expiration` it tells, in seconds, as a service whose clock is behind
+    /// would: the OpenAPI refuses a set (`InvalidSecurityToken.Expired`) before its holder
+    /// expects. 0: the truth.
+    pub expiration_skew_secs: u64,
 }
 
 impl Default for MetadataSettings {
@@ -54,6 +58,7 @@ impl Default for MetadataSettings {
             role: "EmulatorEcsRole".into(),
             imdsv1_disabled: false,
             credentials_path: "/credentials".into(),
+            expiration_skew_secs: 0,
         }
     }
 }
@@ -200,6 +205,17 @@ impl Service {
             .issue(&account, self.shared.sts_duration_secs, "EcsMetadata");
         self.shared.lock().state.stats.metadata.credentials_served += 1;
         let mut fields = credentials_fields(&issued);
+        if self.settings.expiration_skew_secs > 0 {
+            let told = issued
+                .expires_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                + self.settings.expiration_skew_secs;
+            fields.insert(
+                "Expiration".into(),
+                Value::String(format_utc(i64::try_from(told).unwrap_or(i64::MAX))),
+            );
+        }
         fields.insert("LastUpdated".into(), Value::String(format_utc(now_unix())));
         fields.insert("Code".into(), Value::String("Success".into()));
         raw_response(200, "text/plain", &Value::Object(fields).to_string())

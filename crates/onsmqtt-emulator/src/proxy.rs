@@ -33,12 +33,17 @@ pub struct ProxySettings {
     pub listen: Option<SocketAddr>,
     /// `(user, password)` every request must present; `None`: no authentication.
     pub credentials: Option<(String, String)>,
+    /// Local address the proxy's own connections to targets are bound to (e.g. `127.0.0.2`),
+    /// so a target can tell calls that came through the proxy from direct ones by their source
+    /// address. `None`: the system's choice.
+    pub outgoing_address: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for ProxySettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProxySettings")
             .field("listen", &self.listen)
+            .field("outgoing_address", &self.outgoing_address)
             .field(
                 "credentials",
                 &self.credentials.as_ref().map(|(u, _)| (u, "<redacted>")),
@@ -73,6 +78,7 @@ pub struct CountingProxy {
 struct Proxy {
     /// The expected `Proxy-Authorization` value.
     expected: Option<String>,
+    outgoing_address: Option<std::net::IpAddr>,
     stats: Arc<Mutex<ProxyStats>>,
 }
 
@@ -93,6 +99,7 @@ impl CountingProxy {
                     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
                 format!("Basic {b64}")
             }),
+            outgoing_address: settings.outgoing_address,
             stats: stats.clone(),
         });
         let server = Server::spawn(listener, move |stream, _peer, _cancel| {
@@ -209,8 +216,12 @@ async fn reply(stream: &mut TcpStream, status: &str, extra: &str, body: &str) {
     let _ = stream.shutdown().await;
 }
 
-/// Connects to `authority` if every address it names is a loopback one.
-async fn connect_loopback(authority: &str) -> Result<TcpStream, &'static str> {
+/// Connects to `authority` if every address it names is a loopback one, from `local` when
+/// given.
+async fn connect_loopback(
+    authority: &str,
+    local: Option<std::net::IpAddr>,
+) -> Result<TcpStream, &'static str> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(authority)
         .await
         .map_err(|_| "403 Forbidden")?
@@ -218,9 +229,26 @@ async fn connect_loopback(authority: &str) -> Result<TcpStream, &'static str> {
     if addrs.is_empty() || !addrs.iter().all(|a| a.ip().is_loopback()) {
         return Err("403 Forbidden");
     }
-    TcpStream::connect(&addrs[..])
-        .await
-        .map_err(|_| "502 Bad Gateway")
+    let Some(local) = local else {
+        return TcpStream::connect(&addrs[..])
+            .await
+            .map_err(|_| "502 Bad Gateway");
+    };
+    for addr in addrs.iter().filter(|a| a.is_ipv4() == local.is_ipv4()) {
+        let socket = if local.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        let Ok(socket) = socket else { continue };
+        if socket.bind(SocketAddr::new(local, 0)).is_err() {
+            continue;
+        }
+        if let Ok(stream) = socket.connect(*addr).await {
+            return Ok(stream);
+        }
+    }
+    Err("502 Bad Gateway")
 }
 
 impl Proxy {
@@ -275,7 +303,7 @@ impl Proxy {
             )
             .await;
         };
-        let mut upstream = match connect_loopback(&authority).await {
+        let mut upstream = match connect_loopback(&authority, self.outgoing_address).await {
             Ok(s) => s,
             Err(status) => {
                 self.count(|s| {
@@ -337,6 +365,7 @@ mod tests {
             ProxySettings {
                 listen: None,
                 credentials: Some(("user".into(), "hunter2".into())),
+                outgoing_address: None,
             }
         );
         assert!(

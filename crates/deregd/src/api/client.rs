@@ -9,38 +9,118 @@ use hyper::{Method, Request, Uri};
 use rand::RngCore;
 
 use super::http::{Answer, Http, HttpOptions, StampedEmpty, TransportError};
-use super::signer::{self, sign_v2, sign_v3, CallToSign, SigningKey};
+use super::signer::{self, sign_v2, sign_v3, CallToSign};
 use super::{Action, API_VERSION};
 use crate::config::{Settings, SignatureVersion};
-use crate::credentials::Credentials;
+use crate::credentials::{Provider, Set};
 use crate::pacing::SendTicket;
 
-/// The signed-call client: endpoint, credentials and scheme fixed at start-up.
-#[derive(Clone)]
-pub struct ApiClient {
-    /// One transport per source address (one for the host's default address).
-    sources: Arc<[Http]>,
+/// Where signed calls go: `scheme://authority/path?` and the `host` header's value.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
     /// `scheme://authority/path?`: each call appends its query.
     url_prefix: Arc<str>,
     host: String,
-    credentials: Credentials,
-    /// The AccessKeySecret, made ready once for the scheme in use.
-    key: Arc<SigningKey>,
-    signature: SignatureVersion,
 }
 
-impl ApiClient {
-    pub fn new(settings: &Settings, credentials: Credentials) -> anyhow::Result<ApiClient> {
-        let url = url::Url::parse(&settings.api.endpoint)?;
+impl Target {
+    /// The target of base URL `endpoint` (`what` names it in errors).
+    pub(crate) fn parse(endpoint: &str, what: &str) -> anyhow::Result<Target> {
+        let url = url::Url::parse(endpoint)?;
         let host = match (url.host_str(), url.port()) {
             (Some(h), Some(p)) => format!("{h}:{p}"),
             (Some(h), None) => h.to_string(),
-            (None, _) => anyhow::bail!("api.endpoint has no host"),
+            (None, _) => anyhow::bail!("{what} has no host"),
         };
         let mut base = url.clone();
         base.set_query(None);
         base.set_fragment(None);
-        let url_prefix: Arc<str> = format!("{base}?").into();
+        Ok(Target {
+            url_prefix: format!("{base}?").into(),
+            host,
+        })
+    }
+
+    /// A POST of `query` (already encoded) with `headers`, to this target.
+    pub(crate) fn request(
+        &self,
+        query: &str,
+        headers: &[(&'static str, std::borrow::Cow<'_, str>)],
+        body: StampedEmpty,
+    ) -> Result<Request<StampedEmpty>, TransportError> {
+        let uri = format!("{}{}", self.url_prefix, query);
+        let bad_request = |e: &dyn std::fmt::Display| {
+            TransportError::Broken(format!("cannot build the request: {e}"))
+        };
+        // The request is put together in place: the builder would move it on every header.
+        let mut request = Request::new(body);
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = Uri::try_from(uri).map_err(|e| bad_request(&e))?;
+        let map = request.headers_mut();
+        map.reserve(2 + headers.len());
+        map.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        map.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("deregd/", env!("CARGO_PKG_VERSION"))),
+        );
+        for (name, value) in headers {
+            // The signer's names are lower-case constants: no parse or copy of the name.
+            let value = HeaderValue::from_str(value).map_err(|e| bad_request(&e))?;
+            map.insert(HeaderName::from_static(name), value);
+        }
+        Ok(request)
+    }
+
+    /// `action` of API `version` with `params`, signed now with `set` under `signature`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn signed(
+        &self,
+        set: &Set,
+        signature: SignatureVersion,
+        action: &str,
+        version: &str,
+        params: &[(&str, &str)],
+        body: StampedEmpty,
+    ) -> Result<Request<StampedEmpty>, TransportError> {
+        let timestamp = signer::timestamp(chrono::Utc::now());
+        let mut nonce_bytes = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut nonce_bytes);
+        let nonce = hex::encode(nonce_bytes);
+        let call = CallToSign {
+            host: &self.host,
+            action,
+            version,
+            params,
+            access_key_id: &set.credentials.access_key_id,
+            key: set.key(signature),
+            security_token: set.credentials.security_token.as_ref().map(|s| s.expose()),
+            timestamp: &timestamp,
+            nonce: &nonce,
+        };
+        let signed = match signature {
+            SignatureVersion::V3 => sign_v3(&call),
+            SignatureVersion::V2 => sign_v2(&call),
+        };
+        self.request(&signed.query, &signed.headers, body)
+    }
+}
+
+/// The signed-call client: endpoint and scheme fixed at start-up; each call signed with the
+/// credentials' current set.
+#[derive(Clone)]
+pub struct ApiClient {
+    /// One transport per source address (one for the host's default address).
+    sources: Arc<[Http]>,
+    target: Target,
+    credentials: Provider,
+    signature: SignatureVersion,
+}
+
+impl ApiClient {
+    /// A client for `settings.api`, signing with `credentials` (a [`Provider`], or fixed
+    /// [`crate::credentials::Credentials`]).
+    pub fn new(settings: &Settings, credentials: impl Into<Provider>) -> anyhow::Result<ApiClient> {
+        let target = Target::parse(&settings.api.endpoint, "api.endpoint")?;
         let addresses: Vec<Option<std::net::IpAddr>> = if settings.api.source_addresses.is_empty() {
             vec![None]
         } else {
@@ -56,32 +136,28 @@ impl ApiClient {
             .into_iter()
             .map(|local_address| {
                 Http::new(&HttpOptions {
-                    connect_timeout: settings.api.connect_timeout,
-                    request_timeout: settings.api.request_timeout,
-                    max_idle_per_host: settings.limits.max_in_flight as usize,
                     local_address,
+                    ..HttpOptions::for_endpoint(settings, &settings.api.endpoint)?
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?
             .into();
-        let secret = credentials.access_key_secret.expose();
-        let key = Arc::new(match settings.api.signature {
-            SignatureVersion::V3 => SigningKey::v3(secret),
-            SignatureVersion::V2 => SigningKey::v2(secret),
-        });
         Ok(ApiClient {
             sources,
-            url_prefix,
-            host,
-            credentials,
-            key,
+            target,
+            credentials: credentials.into(),
             signature: settings.api.signature,
         })
     }
 
     /// The AccessKeyId in use (not a secret; shown in `check`).
-    pub fn access_key_id(&self) -> &str {
-        &self.credentials.access_key_id
+    pub fn access_key_id(&self) -> String {
+        self.credentials.current().credentials.access_key_id.clone()
+    }
+
+    /// Where the credentials come from, and their current set.
+    pub fn credentials(&self) -> &Provider {
+        &self.credentials
     }
 
     /// `UnRegisterDeviceCredential` for `(instance_id, client_id)`, signed now. `ticket` is
@@ -102,7 +178,8 @@ impl ApiClient {
         self.sources.len()
     }
 
-    /// One call of `action` with `params` from source address `source`, signed now.
+    /// One call of `action` with `params` from source address `source`, signed now with the
+    /// current set.
     pub async fn call(
         &self,
         action: Action,
@@ -110,45 +187,28 @@ impl ApiClient {
         params: &[(&str, &str)],
         body: StampedEmpty,
     ) -> Result<Answer, TransportError> {
-        let timestamp = signer::timestamp(chrono::Utc::now());
-        let mut nonce_bytes = [0u8; 16];
-        rand::thread_rng().fill_bytes(&mut nonce_bytes);
-        let nonce = hex::encode(nonce_bytes);
-        let call = CallToSign {
-            host: &self.host,
-            action: action.name(),
-            version: API_VERSION,
+        let set = self.credentials.current();
+        self.call_with(&set, action, source, params, body).await
+    }
+
+    /// As [`ApiClient::call`], signed with `set` (which the caller keeps, to tell which set an
+    /// answer refused).
+    pub async fn call_with(
+        &self,
+        set: &Set,
+        action: Action,
+        source: usize,
+        params: &[(&str, &str)],
+        body: StampedEmpty,
+    ) -> Result<Answer, TransportError> {
+        let request = self.target.signed(
+            set,
+            self.signature,
+            action.name(),
+            API_VERSION,
             params,
-            access_key_id: &self.credentials.access_key_id,
-            key: &self.key,
-            security_token: self.credentials.security_token.as_ref().map(|s| s.expose()),
-            timestamp: &timestamp,
-            nonce: &nonce,
-        };
-        let signed = match self.signature {
-            SignatureVersion::V3 => sign_v3(&call),
-            SignatureVersion::V2 => sign_v2(&call),
-        };
-        let uri = format!("{}{}", self.url_prefix, signed.query);
-        let bad_request = |e: &dyn std::fmt::Display| {
-            TransportError::Broken(format!("cannot build the request: {e}"))
-        };
-        // The request is put together in place: the builder would move it on every header.
-        let mut request = Request::new(body);
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = Uri::try_from(uri).map_err(|e| bad_request(&e))?;
-        let headers = request.headers_mut();
-        headers.reserve(2 + signed.headers.len());
-        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-        headers.insert(
-            USER_AGENT,
-            HeaderValue::from_static(concat!("deregd/", env!("CARGO_PKG_VERSION"))),
-        );
-        for (name, value) in &signed.headers {
-            // The signer's names are lower-case constants: no parse or copy of the name.
-            let value = HeaderValue::from_str(value).map_err(|e| bad_request(&e))?;
-            headers.insert(HeaderName::from_static(name), value);
-        }
+            body,
+        )?;
         self.sources[source % self.sources.len()]
             .exchange(request)
             .await
@@ -166,6 +226,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::credentials::Credentials;
 
     fn client(endpoint: &str) -> ApiClient {
         let env = BTreeMap::from([

@@ -4,11 +4,12 @@
 
 pub(crate) mod client;
 pub(crate) mod http;
+pub(crate) mod proxy;
 pub(crate) mod registry;
 pub mod signer;
 
 pub use client::ApiClient;
-pub use http::{Answer, TransportError};
+pub use http::{Answer, StampedEmpty, TransportError};
 
 /// Product API version of the onsmqtt actions.
 pub const API_VERSION: &str = "2020-04-20";

@@ -7,7 +7,7 @@ use clap::Args;
 use crate::cli::common::{self, check_run};
 use crate::cli::UsageError;
 use crate::config::Settings;
-use crate::store::runs;
+use crate::store::{run_records, runs};
 
 #[derive(Debug, Args)]
 pub struct CancelArgs {
@@ -27,6 +27,7 @@ pub async fn run(settings: Settings, args: CancelArgs) -> anyhow::Result<()> {
         return Err(UsageError(format!("no jobs in run {:?}", args.run)).into());
     }
     let cancelled = runs::cancel(&db, &args.run).await;
+    let marked = run_records::cancelled(&db, &args.run).await;
     let running = runs::counts(
         &db,
         &runs::Filter {
@@ -37,6 +38,7 @@ pub async fn run(settings: Settings, args: CancelArgs) -> anyhow::Result<()> {
     .await;
     db.close().await;
     let cancelled = cancelled?;
+    marked?;
     let running = running?
         .first()
         .map(|c| c.count(crate::job::Status::Running))

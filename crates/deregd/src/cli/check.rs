@@ -1,9 +1,11 @@
-//! `deregd check`: validate configuration, database and credentials; no API call.
+//! `deregd check`: validate configuration, database and credentials (obtaining a set from the
+//! chosen source, which may ask STS or the metadata service); no OpenAPI call. Prints the
+//! source chosen and the expiry, never a secret.
 
 use clap::Args;
 
 use crate::config::Settings;
-use crate::credentials::Credentials;
+use crate::credentials::Provider;
 use crate::store::Store;
 
 #[derive(Debug, Args)]
@@ -14,7 +16,7 @@ pub struct CheckArgs {
 }
 
 pub async fn run(settings: Settings, args: CheckArgs) -> anyhow::Result<()> {
-    let credentials = Credentials::load();
+    let credentials = Provider::load(&settings).await;
     let db_state = if settings.database.path.exists() {
         let db = Store::open_unmigrated(&settings.database.path).await?;
         let pending = db.pending_migrations().await?;
@@ -30,19 +32,52 @@ pub async fn run(settings: Settings, args: CheckArgs) -> anyhow::Result<()> {
     } else {
         "missing (created by `deregd migrate` or `deregd run`)".to_string()
     };
-    let (key_id, token) = match &credentials {
-        Ok(c) => (Some(mask(&c.access_key_id)), c.security_token.is_some()),
-        Err(_) => (None, false),
+    let api = &settings.api;
+    let route = |endpoint: &str| {
+        crate::api::proxy::route(&api.proxy.0, &api.no_proxy, &settings.proxy_env, endpoint)
+            .map(|p| p.map_or_else(|| "none (direct)".to_string(), |p| p.shown()))
+            .unwrap_or_else(|why| format!("unusable: {why}"))
     };
+    let connectivity = serde_json::json!({
+        "endpoint": api.endpoint,
+        "region": api.region,
+        "network": api.network,
+        "proxy": route(&api.endpoint),
+        "sts_endpoint": settings.credentials.sts_endpoint,
+        "sts_proxy": route(&settings.credentials.sts_endpoint),
+        "extra_roots": (!api.ca_file.as_os_str().is_empty()).then(|| api.ca_file.display().to_string()),
+    });
+    let shown = credentials.as_ref().ok().map(|p| {
+        let set = p.current();
+        (
+            p.source(),
+            p.describe().to_string(),
+            mask(&set.credentials.access_key_id),
+            set.credentials.security_token.is_some(),
+            p.expires_text(),
+            p.renewable(),
+        )
+    });
     if args.json {
+        let creds = match &shown {
+            Some((source, described, id, token, expires, renewable)) => serde_json::json!({
+                "source": source,
+                "described": described,
+                "access_key_id": id,
+                "access_key_secret": "***",
+                "security_token": if *token { Some("***") } else { None },
+                "expires": expires,
+                "renewed_in_background": renewable,
+            }),
+            None => serde_json::json!({
+                "error": credentials.as_ref().err().map(|e| format!("{e:#}")),
+            }),
+        };
         let out = serde_json::json!({
             "settings": settings,
             "database": db_state,
-            "credentials": {
-                "access_key_id": key_id,
-                "access_key_secret": if credentials.is_ok() { Some("***") } else { None },
-                "security_token": if token { Some("***") } else { None },
-            },
+            "connectivity": connectivity,
+            "credentials": creds,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -51,11 +86,34 @@ pub async fn run(settings: Settings, args: CheckArgs) -> anyhow::Result<()> {
             "database: {} ({db_state})",
             settings.database.path.display()
         );
-        match &key_id {
-            Some(id) => println!(
-                "credentials: AccessKeyId {id}, AccessKeySecret ***{}",
-                if token { ", STS token ***" } else { "" }
-            ),
+        println!(
+            "api: {} (region {}, {:?} network), proxy {}",
+            api.endpoint,
+            api.region,
+            api.network,
+            route(&api.endpoint)
+        );
+        println!(
+            "sts: {}, proxy {}",
+            settings.credentials.sts_endpoint,
+            route(&settings.credentials.sts_endpoint)
+        );
+        if !api.ca_file.as_os_str().is_empty() {
+            println!("tls: built-in roots plus {}", api.ca_file.display());
+        }
+        match &shown {
+            Some((source, described, id, token, expires, renewable)) => {
+                println!("credentials: source {source}: {described}");
+                println!(
+                    "credentials: AccessKeyId {id}, AccessKeySecret ***{}, expires {expires}{}",
+                    if *token { ", STS token ***" } else { "" },
+                    if *renewable {
+                        " (renewed in the background)"
+                    } else {
+                        ""
+                    }
+                );
+            }
             None => println!("credentials: missing"),
         }
     }

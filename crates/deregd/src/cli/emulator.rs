@@ -302,6 +302,7 @@ pub async fn run(args: EmulatorArgs) -> anyhow::Result<()> {
             let proxy = CountingProxy::start(ProxySettings {
                 listen: Some(listen),
                 credentials: args.extra.proxy_auth.clone(),
+                outgoing_address: None,
             })
             .await?;
             tracing::info!(proxy.url = %proxy.url(), "proxy listening");

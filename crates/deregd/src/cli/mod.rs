@@ -14,6 +14,7 @@ pub mod demo;
 pub mod emulator;
 pub mod jobs;
 pub mod migrate;
+pub mod pause;
 pub mod report;
 pub mod requeue;
 pub mod run;
@@ -66,6 +67,10 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Cancel the pending jobs of a run.
     Cancel(cancel::CancelArgs),
+    /// Pause a run: its jobs are not dispatched (calls in flight finish); other runs go on.
+    Pause(pause::PauseArgs),
+    /// Resume a paused run.
+    Resume(pause::ResumeArgs),
     /// Return failed (or cancelled) jobs of a run to pending.
     Requeue(requeue::RequeueArgs),
 }
@@ -121,6 +126,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs(args) => jobs::run(settings, args).await,
         Command::Verify(args) => verify::run(settings, args).await,
         Command::Cancel(args) => cancel::run(settings, args).await,
+        Command::Pause(args) => pause::pause(settings, args).await,
+        Command::Resume(args) => pause::resume(settings, args).await,
         Command::Requeue(args) => requeue::run(settings, args).await,
         Command::Emulator(_) => unreachable!("handled above"),
     }

@@ -11,6 +11,7 @@ use crate::cli::common::{self, check_run, Format};
 use crate::cli::UsageError;
 use crate::clock::{format_ms, now_ms};
 use crate::config::Settings;
+use crate::store::run_records::{self, RunRecord};
 use crate::store::runs::{self, RunCounts};
 use crate::store::tps_usage::{self, ActionUsage, BucketUsage, InstanceUsage};
 use crate::store::verifications::{self, Verification};
@@ -125,6 +126,8 @@ pub struct Report {
     pub outcomes: Vec<RunCounts>,
     /// With `--run`: the run's last `deregd verify`.
     pub last_verification: Option<Verification>,
+    /// With `--run`: the run's record (state and why, created when, by whom, from what).
+    pub run: Option<RunRecord>,
 }
 
 pub async fn run(settings: Settings, args: ReportArgs) -> anyhow::Result<()> {
@@ -207,9 +210,12 @@ async fn build(
         .filter(|u| instances.is_empty() || instances.contains(&u.instance_id))
         .collect();
     let actions = tps_usage::usage_by_action(&db.reader, &instances, since_s, until_s).await?;
-    let last_verification = match &args.run {
-        Some(run) => verifications::last(db, run).await?,
-        None => None,
+    let (last_verification, record) = match &args.run {
+        Some(run) => (
+            verifications::last(db, run).await?,
+            run_records::get(db, run).await?,
+        ),
+        None => (None, None),
     };
     let outcomes = runs::counts(
         db,
@@ -230,6 +236,7 @@ async fn build(
         actions,
         outcomes,
         last_verification,
+        run: record,
     })
 }
 
@@ -315,6 +322,19 @@ fn print(report: &Report, format: Format) -> anyhow::Result<()> {
     }
     if let Some(v) = &report.last_verification {
         writeln!(out, "last verification: {}", v.describe())?;
+    }
+    if let Some(r) = &report.run {
+        writeln!(
+            out,
+            "run {:?}: {}{} since {}",
+            r.label,
+            r.state.as_str(),
+            r.state_reason
+                .as_deref()
+                .map(|why| format!(" ({why})"))
+                .unwrap_or_default(),
+            format_ms(r.state_changed_at)
+        )?;
     }
     out.flush()?;
     Ok(())

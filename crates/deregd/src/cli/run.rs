@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiClient;
 use crate::config::Settings;
-use crate::credentials::Credentials;
+use crate::credentials::Provider;
 use crate::store::Store;
 use crate::worker::{self, RunOptions, Shared};
 use crate::{metrics, systemd};
@@ -25,10 +25,10 @@ pub async fn run(settings: Settings, args: RunArgs, config: Option<PathBuf>) -> 
     // Before anything else: until the handlers exist, SIGTERM or SIGHUP (a `systemctl reload`
     // right after start) would kill the process outright, mid-migration or mid-claim.
     let signals = Signals::install();
-    let credentials = Credentials::load()?;
+    let credentials = Provider::load(&settings).await?;
     let _lock = crate::lock::lock(&settings.database.path)?;
     let db = Store::open(&settings.database.path).await?;
-    let client = ApiClient::new(&settings, credentials)?;
+    let client = ApiClient::new(&settings, credentials.clone())?;
     let shutdown = CancellationToken::new();
     let shared = Shared::new(&settings.limits);
     let background = CancellationToken::new();
@@ -41,6 +41,8 @@ pub async fn run(settings: Settings, args: RunArgs, config: Option<PathBuf>) -> 
         database = %settings.database.path.display(),
         api.endpoint = %settings.api.endpoint,
         api.signature = ?settings.api.signature,
+        credentials.source = credentials.source(),
+        credentials.expires = %credentials.expires_text(),
         limits.qps = settings.limits.qps,
         limits.max_in_flight = settings.limits.max_in_flight,
         limits.max_unrecorded = settings.limits.max_unrecorded,

@@ -13,6 +13,7 @@ use crate::clock::{format_ms, now_ms};
 use crate::config::Settings;
 use crate::store::dispatcher;
 use crate::store::groups::{self as run_groups, RunGroup};
+use crate::store::run_records::{self, RunRecord, RunState};
 use crate::store::runs::{self, CodeCount, RunCounts};
 use crate::store::tps_usage;
 use crate::store::verifications::{self, Verification};
@@ -101,6 +102,8 @@ pub struct RunStatus {
     pub groups: Vec<RunGroup>,
     /// The last `deregd verify` of the run.
     pub last_verification: Option<Verification>,
+    /// The run's record: created when, by whom and from what; its state and why.
+    pub record: Option<RunRecord>,
 }
 
 pub async fn run(settings: Settings, args: StatusArgs) -> anyhow::Result<()> {
@@ -135,6 +138,9 @@ pub async fn snapshot(db: &Store, run: Option<&str>) -> anyhow::Result<Snapshot>
     for c in counts {
         statuses.push(run_status(db, c).await?);
     }
+    // Newest first; a run no dispatcher has seen yet (inserted by SQL) counts as newest.
+    statuses
+        .sort_by_key(|r| std::cmp::Reverse(r.record.as_ref().map_or(i64::MAX, |r| r.created_at)));
     let mut dispatcher = dispatcher::last(db).await?.map(|beat| DispatcherState {
         running: now - beat.heartbeat < ALIVE_MS,
         heartbeat_age_secs: (now - beat.heartbeat) as f64 / 1000.0,
@@ -171,6 +177,7 @@ async fn run_status(db: &Store, counts: RunCounts) -> anyhow::Result<RunStatus> 
     let top_codes = runs::top_codes(db, &counts.run, TOP_CODES).await?;
     let groups = run_groups::of_run(db, &counts.run).await?;
     let last_verification = verifications::last(db, &counts.run).await?;
+    let record = run_records::get(db, &counts.run).await?;
     // Over the last minute, or since the run's first finish when that is more recent.
     let window_ms = progress
         .first_finished_in_window
@@ -192,6 +199,7 @@ async fn run_status(db: &Store, counts: RunCounts) -> anyhow::Result<RunStatus> 
         top_codes,
         groups,
         last_verification,
+        record,
         run: counts.run,
         counts: counts.counts,
     })
@@ -215,6 +223,23 @@ fn print(snap: &Snapshot, json: bool) -> anyhow::Result<()> {
             run.total,
             run.open
         )?;
+        if let Some(r) = &run.record {
+            let state = match (&r.state, &r.state_reason) {
+                (RunState::Paused, Some(why)) => format!("PAUSED: {why}"),
+                (state, _) => state.as_str().to_string(),
+            };
+            writeln!(
+                out,
+                "  run:        {state} since {}; created {}{} from {}",
+                format_ms(r.state_changed_at),
+                format_ms(r.created_at),
+                r.created_by
+                    .as_deref()
+                    .map(|by| format!(" by {by}"))
+                    .unwrap_or_default(),
+                r.source
+            )?;
+        }
         let counts: Vec<String> = run
             .counts
             .iter()
@@ -292,6 +317,14 @@ fn label(run: &str) -> String {
 }
 
 fn eta(run: &RunStatus) -> String {
+    if run
+        .record
+        .as_ref()
+        .is_some_and(|r| r.state == RunState::Paused)
+        && run.open > 0
+    {
+        return "none while paused".into();
+    }
     match run.eta_secs {
         Some(0) if run.open == 0 => "done".into(),
         Some(secs) => human_duration(secs),

@@ -12,7 +12,7 @@ use crate::cli::UsageError;
 use crate::config::Settings;
 use crate::intake::{self, InputError, SubmitError, Submitted};
 use crate::job;
-use crate::store::Store;
+use crate::store::{run_records, Store};
 
 /// Rejected lines printed in text mode (all of them are in `--json`).
 const SHOWN_REJECTIONS: usize = 100;
@@ -58,6 +58,19 @@ pub async fn run(settings: Settings, args: SubmitArgs) -> anyhow::Result<()> {
         .map(|i| &*Box::leak(i.into_boxed_str()));
     let db = Store::open(&settings.database.path).await?;
     db.set_writer_cache_mib(256).await?;
+    let lines = input
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    let from = match args.file.as_deref() {
+        Some(path) if path.as_os_str() != "-" => format!("file {}", path.display()),
+        _ => "standard input".to_string(),
+    };
+    let source = format!("{from} ({lines} lines)");
+    if let Err(e) = run_records::open(&db, &args.run, &run_records::operator(), &source).await {
+        db.close().await;
+        return Err(e.into());
+    }
     let submitted = intake::submit_input(&db, input, instance, &args.run).await;
     db.close().await;
     let Submitted { inserted, parse } = match submitted {

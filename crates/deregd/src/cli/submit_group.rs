@@ -9,11 +9,11 @@ use crate::cli::common;
 use crate::cli::submit::SubmitArgs;
 use crate::cli::UsageError;
 use crate::config::Settings;
-use crate::credentials::Credentials;
+use crate::credentials::Provider;
 use crate::groups::{self, GroupSubmitted};
 use crate::job;
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::{run_records, Store};
 
 pub(crate) async fn run(settings: Settings, args: SubmitArgs) -> anyhow::Result<()> {
     let instance = args
@@ -24,9 +24,14 @@ pub(crate) async fn run(settings: Settings, args: SubmitArgs) -> anyhow::Result<
     for group in &args.groups {
         job::check_group_id(group).map_err(|e| UsageError(format!("--group {group}: {e}")))?;
     }
-    let credentials = Credentials::load()?;
+    let credentials = Provider::load(&settings).await?;
     let store = Store::open(&settings.database.path).await?;
     let client = ApiClient::new(&settings, credentials)?;
+    let source = format!("groups {} on {instance}", args.groups.join(", "));
+    if let Err(e) = run_records::open(&store, &args.run, &run_records::operator(), &source).await {
+        store.close().await;
+        return Err(e.into());
+    }
     let mut registry = Registry::new(&settings, client, &store);
     let results = groups::submit(&store, &mut registry, instance, &args.groups, &args.run).await;
     store.close().await;

@@ -11,7 +11,7 @@ use crate::api::ApiClient;
 use crate::cli::common::{self, check_run};
 use crate::cli::UsageError;
 use crate::config::Settings;
-use crate::credentials::Credentials;
+use crate::credentials::Provider;
 use crate::groups::{self, Verified};
 use crate::registry::Registry;
 use crate::store::{groups as run_groups, runs};
@@ -49,7 +49,7 @@ pub(crate) async fn run(settings: Settings, args: VerifyArgs) -> anyhow::Result<
         ))
         .into());
     }
-    let credentials = Credentials::load()?;
+    let credentials = Provider::load(&settings).await?;
     let client = ApiClient::new(&settings, credentials)?;
     let mut registry = Registry::new(&settings, client, &store);
     let verified =

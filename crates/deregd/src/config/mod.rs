@@ -7,6 +7,11 @@ mod load;
 mod units;
 mod validate;
 
+pub(crate) use validate::{
+    check_proxy_url, check_role_arn, check_session_name, is_loopback_host, pem_certificates,
+    METADATA_HOST,
+};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
@@ -34,9 +39,13 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
+    pub credentials: CredentialsSettings,
     /// The dotted keys an operator set in the file or the environment (not the defaults).
     #[serde(skip)]
     pub(crate) set_by_operator: Arc<BTreeSet<String>>,
+    /// The proxy variables of the environment the settings were loaded from.
+    #[serde(skip)]
+    pub(crate) proxy_env: Arc<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,8 +67,20 @@ pub enum SignatureVersion {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSettings {
-    /// Base URL, `https://onsmqtt.<region>.aliyuncs.com`.
+    /// Base URL, `https://onsmqtt.<region>.aliyuncs.com`; empty in the file: derived from
+    /// `region` and `network` when loaded.
     pub endpoint: String,
+    /// Region id, e.g. `cn-shanghai`: with `network`, the endpoint when none is set.
+    pub region: String,
+    pub network: Network,
+    /// Forward proxy for the OpenAPI and STS (`http://[user:pass@]host:port`); empty: the
+    /// environment's `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`, if any.
+    pub proxy: ProxyUrl,
+    /// Hosts never proxied, as `NO_PROXY` (which adds to it): suffixes, IPs, CIDRs, `*`.
+    pub no_proxy: String,
+    /// PEM file of extra root certificates (a TLS-intercepting corporate proxy), trusted in
+    /// addition to the built-in roots; empty: none.
+    pub ca_file: PathBuf,
     pub signature: SignatureVersion,
     /// TCP + TLS connect timeout.
     #[serde(rename = "connect_timeout_ms", with = "millis")]
@@ -71,6 +92,74 @@ pub struct ApiSettings {
     /// own budget of `limits.source_qps`. Empty: the host's default address, one budget.
     pub source_addresses: Vec<IpAddr>,
 }
+
+/// Which of the vendor's endpoints a region has: over the internet, or inside a VPC.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    Public,
+    Vpc,
+}
+
+impl ApiSettings {
+    /// `https://onsmqtt[-vpc].<region>.aliyuncs.com`.
+    pub(crate) fn regional_endpoint(&self) -> String {
+        let vpc = match self.network {
+            Network::Public => "",
+            Network::Vpc => "-vpc",
+        };
+        format!("https://onsmqtt{vpc}.{}.aliyuncs.com", self.region)
+    }
+}
+
+/// A proxy URL, which may hold a password: its `Debug` and `Serialize` (what `check` prints)
+/// mask the password.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct ProxyUrl(pub String);
+
+impl ProxyUrl {
+    /// The URL with any password replaced by `***`.
+    pub fn masked(&self) -> String {
+        let raw = self.0.trim();
+        if raw.is_empty() {
+            return String::new();
+        }
+        match validate::parse_proxy_url(raw) {
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("***"));
+                }
+                url.to_string()
+            }
+            Err(_) => "<not a URL>".into(),
+        }
+    }
+}
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.masked())
+    }
+}
+
+impl Serialize for ProxyUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.masked())
+    }
+}
+
+/// The environment variables a proxy is taken from.
+pub(crate) const PROXY_VARIABLES: [&str; 8] = [
+    "ALL_PROXY",
+    "all_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
 
 /// The limits a SIGHUP reloads.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -152,6 +241,49 @@ pub struct MetricsSettings {
     pub allow_remote: bool,
 }
 
+/// Where the credentials come from: the vendor's default chain, or one source by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialSource {
+    /// The first configured of: env, files, oidc, profile, ecs, uri.
+    Auto,
+    /// `ALIBABA_CLOUD_ACCESS_KEY_ID` / `_SECRET` (/ `ALIBABA_CLOUD_SECURITY_TOKEN`).
+    Env,
+    /// Files in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
+    Files,
+    /// `AssumeRoleWithOIDC` with `ALIBABA_CLOUD_OIDC_*` (ACK RRSA, CI).
+    Oidc,
+    /// A profile of the `aliyun` CLI's `~/.aliyun/config.json`.
+    Profile,
+    /// The ECS instance's RAM role, from the metadata service.
+    Ecs,
+    /// `ALIBABA_CLOUD_CREDENTIALS_URI`.
+    Uri,
+}
+
+/// Where credentials come from and how roles are assumed. Holds no secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsSettings {
+    pub source: CredentialSource,
+    /// Role to assume with the AccessKey of the env or files source (OIDC: instead of
+    /// `ALIBABA_CLOUD_ROLE_ARN`); empty: none.
+    pub role_arn: String,
+    /// `RoleSessionName` of AssumeRole and AssumeRoleWithOIDC (2-64 of `A-Za-z0-9.@-_`).
+    pub role_session_name: String,
+    /// Lifetime asked of STS, seconds (900-43200; the role's maximum caps it).
+    #[serde(rename = "duration_secs", with = "secs")]
+    pub duration: Duration,
+    /// Profile of the `aliyun` CLI's file (instead of `ALIBABA_CLOUD_PROFILE` or `current`).
+    pub profile: String,
+    /// A JSON policy narrowing the assumed role's permissions; empty: none.
+    pub policy: String,
+    /// STS base URL.
+    pub sts_endpoint: String,
+    /// ECS metadata service base URL.
+    pub metadata_endpoint: String,
+}
+
 /// A configuration problem, always naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -205,6 +337,16 @@ impl Settings {
             settings.limits.burst = default_burst(settings.limits.burst, settings.limits.qps);
         }
         settings.set_by_operator = Arc::new(layers.set);
+        if settings.api.endpoint.trim().is_empty() {
+            validate::validate_region(&settings.api.region)?;
+            settings.api.endpoint = settings.api.regional_endpoint();
+        }
+        settings.proxy_env = Arc::new(
+            PROXY_VARIABLES
+                .iter()
+                .filter_map(|k| env.get(*k).map(|v| (k.to_string(), v.clone())))
+                .collect(),
+        );
         settings.validate()?;
         Ok(settings)
     }

@@ -3,12 +3,7 @@
 use super::*;
 use crate::config::validate::validate_endpoint;
 
-fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
+use crate::test_env as env;
 
 fn load_toml(text: &str) -> Result<Settings, ConfigError> {
     let dir = tempfile::tempdir().unwrap();
@@ -173,4 +168,86 @@ fn a_low_ceiling_lowers_the_default_burst_and_a_conflict_names_the_key_that_was_
     assert_eq!(err.key, "limits.burst", "{err}");
     let err = load_toml("[limits]\nburst = 200\n").unwrap_err();
     assert_eq!(err.key, "limits.burst", "{err}");
+}
+
+#[test]
+fn credentials_keys_are_checked_and_named() {
+    let cases = [
+        ("[credentials]\nsource = \"vault\"\n", "credentials.source"),
+        (
+            "[credentials]\nrole_arn = \"arn:aws:iam::1:role/x\"\n",
+            "credentials.role_arn",
+        ),
+        (
+            "[credentials]\nrole_session_name = \"a b\"\n",
+            "credentials.role_session_name",
+        ),
+        (
+            "[credentials]\nduration_secs = 60\n",
+            "credentials.duration_secs",
+        ),
+        ("[credentials]\npolicy = \"[1]\"\n", "credentials.policy"),
+        (
+            "[credentials]\nsts_endpoint = \"http://sts.example.com\"\n",
+            "credentials.sts_endpoint",
+        ),
+        (
+            "[credentials]\nmetadata_endpoint = \"http://10.0.0.1\"\n",
+            "credentials.metadata_endpoint",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = load_toml(text).unwrap_err();
+        assert_eq!(err.key, key, "{text}: {err}");
+    }
+    let s = load_toml(
+        "[credentials]\nsource = \"oidc\"\nrole_arn = \"acs:ram::1:role/r\"\n\
+         metadata_endpoint = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    assert_eq!(s.credentials.source, CredentialSource::Oidc);
+    assert_eq!(s.credentials.duration, Duration::from_secs(3600));
+}
+
+#[test]
+fn region_and_network_derive_the_endpoint_unless_one_is_set() {
+    let s = load_toml("[api]\nregion = \"cn-shanghai\"\n").unwrap();
+    assert_eq!(s.api.endpoint, "https://onsmqtt.cn-shanghai.aliyuncs.com");
+    let s = load_toml("[api]\nregion = \"cn-shanghai\"\nnetwork = \"vpc\"\n").unwrap();
+    assert_eq!(
+        s.api.endpoint,
+        "https://onsmqtt-vpc.cn-shanghai.aliyuncs.com"
+    );
+    let s = Settings::load_from(
+        None,
+        &env(&[
+            ("DEREGD_API__REGION", "ap-southeast-1"),
+            ("DEREGD_API__ENDPOINT", "https://onsmqtt.example.test"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.api.endpoint, "https://onsmqtt.example.test");
+    for (toml, key) in [
+        ("[api]\nregion = \"CN Shanghai\"\n", "api.region"),
+        ("[api]\nregion = \"\"\n", "api.region"),
+        ("[api]\nnetwork = \"intranet\"\n", "api.network"),
+    ] {
+        let err = load_toml(toml).expect_err(toml);
+        assert_eq!(err.key, key, "{toml}: {err}");
+    }
+}
+
+#[test]
+fn proxies_are_checked_naming_where_they_came_from_and_their_password_is_masked() {
+    let err = load_toml("[api]\nproxy = \"socks5://u:hunter2@p:1080\"\n").unwrap_err();
+    assert_eq!(err.key, "api.proxy", "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    let err = Settings::load_from(None, &env(&[("https_proxy", "ftp://p:21")])).unwrap_err();
+    assert_eq!(err.key, "https_proxy", "{err}");
+    let s = load_toml("[api]\nproxy = \"http://ops:hunter2@proxy.corp:3128\"\n").unwrap();
+    assert_eq!(s.api.proxy.masked(), "http://ops:***@proxy.corp:3128/");
+    assert!(!s.to_toml().contains("hunter2"), "{}", s.to_toml());
+    assert!(!format!("{s:?}").contains("hunter2"));
+    let err = load_toml("[api]\nca_file = \"/nonexistent/roots.pem\"\n").unwrap_err();
+    assert_eq!(err.key, "api.ca_file", "{err}");
 }

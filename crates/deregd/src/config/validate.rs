@@ -9,6 +9,7 @@ impl Settings {
     /// Checks ranges and cross-field rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_endpoint(&self.api.endpoint)?;
+        self.validate_connectivity()?;
         let addresses = &self.api.source_addresses;
         if let Some(twice) = addresses
             .iter()
@@ -58,6 +59,7 @@ impl Settings {
             return Err(bad("database.path", "must not be empty"));
         }
         self.validate_metrics()?;
+        self.validate_credentials()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(bad(
                 "log.level",
@@ -90,6 +92,75 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+}
+
+impl Settings {
+    fn validate_credentials(&self) -> Result<(), ConfigError> {
+        let c = &self.credentials;
+        if !c.role_arn.is_empty() {
+            check_role_arn("credentials.role_arn", &c.role_arn)?;
+        }
+        check_session_name("credentials.role_session_name", &c.role_session_name)?;
+        let secs = c.duration.as_secs();
+        if !(900..=43200).contains(&secs) {
+            return Err(bad(
+                "credentials.duration_secs",
+                format!("{secs} is out of range: STS allows 900 to 43200"),
+            ));
+        }
+        if !c.policy.is_empty()
+            && !serde_json::from_str::<serde_json::Value>(&c.policy).is_ok_and(|v| v.is_object())
+        {
+            return Err(bad(
+                "credentials.policy",
+                "is not a JSON policy document (an object)",
+            ));
+        }
+        validate_base_url(
+            "credentials.sts_endpoint",
+            &c.sts_endpoint,
+            is_loopback_host,
+        )?;
+        validate_base_url("credentials.metadata_endpoint", &c.metadata_endpoint, |h| {
+            h == METADATA_HOST || is_loopback_host(h)
+        })?;
+        Ok(())
+    }
+}
+
+/// The ECS metadata service's address, the one non-loopback host reached over http.
+pub(crate) const METADATA_HOST: &str = "100.100.100.200";
+
+/// `acs:ram::<account>:role/<name>`.
+pub(crate) fn check_role_arn(key: &str, arn: &str) -> Result<(), ConfigError> {
+    let ok = arn
+        .strip_prefix("acs:ram::")
+        .and_then(|rest| rest.split_once(":role/"))
+        .is_some_and(|(account, name)| !account.is_empty() && !name.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            key,
+            format!("{arn:?} is not a role ARN like acs:ram::1234567890123456:role/deregd"),
+        ))
+    }
+}
+
+/// A `RoleSessionName`: 2-64 of `A-Z a-z 0-9 . @ - _`.
+pub(crate) fn check_session_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = (2..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".@-_".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            key,
+            format!("{name:?} must be 2 to 64 of A-Z a-z 0-9 . @ - _"),
+        ))
     }
 }
 
@@ -187,7 +258,16 @@ fn within_secs(key: &str, value: Duration, max_secs: u64) -> Result<(), ConfigEr
 
 /// A base URL over https (http only to loopback), with no user information, path or query.
 pub(crate) fn validate_endpoint(endpoint: &str) -> Result<(), ConfigError> {
-    let key = "api.endpoint";
+    validate_base_url("api.endpoint", endpoint, is_loopback_host)
+}
+
+/// A base URL over https (http only to a host `http_ok` accepts), with no user information,
+/// path or query; `key` names it.
+pub(crate) fn validate_base_url(
+    key: &str,
+    endpoint: &str,
+    http_ok: impl Fn(&str) -> bool,
+) -> Result<(), ConfigError> {
     let url = url::Url::parse(endpoint).map_err(|e| bad(key, format!("not a URL: {e}")))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad(
@@ -202,7 +282,7 @@ pub(crate) fn validate_endpoint(endpoint: &str) -> Result<(), ConfigError> {
     match url.scheme() {
         "https" => {}
         "http" => {
-            if !is_loopback_host(host) {
+            if !http_ok(host) {
                 return Err(bad(
                     key,
                     format!(
@@ -229,4 +309,92 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
             .parse::<IpAddr>()
             .map(|ip| ip.is_loopback())
             .unwrap_or(false)
+}
+
+impl Settings {
+    /// `api.proxy` (or the environment's proxy variables) and `api.ca_file`.
+    fn validate_connectivity(&self) -> Result<(), ConfigError> {
+        if !self.api.proxy.0.trim().is_empty() {
+            check_proxy_url(&self.api.proxy.0).map_err(|why| bad("api.proxy", why))?;
+        } else {
+            let proxies = super::PROXY_VARIABLES
+                .iter()
+                .filter(|n| !n.eq_ignore_ascii_case("no_proxy"));
+            for &name in proxies {
+                if let Some(value) = self.proxy_env.get(name).filter(|v| !v.trim().is_empty()) {
+                    check_proxy_url(value).map_err(|why| bad(name, why))?;
+                }
+            }
+        }
+        if !self.api.ca_file.as_os_str().is_empty() {
+            pem_certificates(&self.api.ca_file).map_err(|why| bad("api.ca_file", why))?;
+        }
+        Ok(())
+    }
+}
+
+/// A region id as the vendor spells them (`cn-hangzhou`, `ap-southeast-1`).
+pub(crate) fn validate_region(region: &str) -> Result<(), ConfigError> {
+    let ok = !region.is_empty()
+        && region.len() <= 40
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !region.starts_with('-')
+        && !region.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            "api.region",
+            format!("{region:?} is not a region id such as \"cn-shanghai\""),
+        ))
+    }
+}
+
+/// `value` as a URL, a scheme-less `host:port` taken as http (as curl does).
+pub(crate) fn parse_proxy_url(value: &str) -> Result<url::Url, url::ParseError> {
+    let value = value.trim();
+    if value.contains("://") {
+        url::Url::parse(value)
+    } else {
+        url::Url::parse(&format!("http://{value}"))
+    }
+}
+
+/// A proxy URL deregd can use: `http://[user:password@]host[:port]` (a scheme-less
+/// `host:port` means http, as for curl). The reason never repeats the URL, which may hold a
+/// password.
+pub(crate) fn check_proxy_url(value: &str) -> Result<(), String> {
+    let url = parse_proxy_url(value).map_err(|e| format!("not a proxy URL ({e})"))?;
+    if url.scheme() != "http" {
+        return Err(format!(
+            "proxy scheme {:?} is not supported; use http:// (calls go through it in a CONNECT \
+             tunnel, TLS end to end)",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the proxy URL has no host".into());
+    }
+    if url.path() != "/" || url.query().is_some() {
+        return Err("the proxy URL must have no path or query".into());
+    }
+    Ok(())
+}
+
+/// The certificates of a PEM file, at least one.
+pub(crate) fn pem_certificates(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::CertificateDer;
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
 }

@@ -1,6 +1,29 @@
-//! Credentials: the AccessKey pair (and STS token) calls are signed with. Secrets are
-//! [`Secret`]s, which never print; they are never written to the configuration, the database,
-//! the logs or any output.
+//! Credentials: the AccessKey pair (and STS token) calls are signed with, where they come from
+//! ([`chain`]: the vendor's default chain, one module per source) and how temporary ones are
+//! renewed ([`provider`]). Secrets are [`Secret`]s, which never print; they are never written to
+//! the configuration, the database, the logs or any output.
+
+mod chain;
+mod ecs;
+mod env;
+mod files;
+mod oidc;
+mod profile;
+mod provider;
+mod sts;
+mod uri;
+
+pub use chain::Source;
+pub(crate) use provider::State;
+pub use provider::{Provider, Set, Status};
+
+/// A set as a source hands it out.
+#[derive(Debug, Clone)]
+pub(crate) struct Issued {
+    pub(crate) credentials: Credentials,
+    /// `None` for a long-term AccessKey.
+    pub(crate) expires_at: Option<std::time::SystemTime>,
+}
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -88,12 +111,7 @@ impl Credentials {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::test_env as env;
 
     #[test]
     fn credentials_come_from_env_or_the_credentials_directory_and_never_print() {

@@ -71,6 +71,11 @@ pub fn completion_for(
             message,
             request_id,
             ..
+        }
+        | Outcome::StaleCredentials {
+            message,
+            request_id,
+            ..
         } => {
             // Not this job's fault: back to pending, the call not counted.
             completion.count_attempt = false;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::api::{Answer, TransportError};
 
 mod completion;
-mod sanitize;
+pub(crate) mod sanitize;
 
 pub use completion::completion_for;
 
@@ -48,6 +48,14 @@ pub enum Outcome {
         message: String,
         request_id: Option<String>,
     },
+    /// The credentials the call was signed with were refused (`InvalidSecurityToken.*`: expired,
+    /// malformed, not matching the key): renewable ones are renewed at once and the job is
+    /// called again; the attempt is not counted. The dispatcher pauses when they cannot be.
+    StaleCredentials {
+        code: String,
+        message: String,
+        request_id: Option<String>,
+    },
     /// Stop dispatching (account or instance); the job stays pending, its attempt not counted.
     Pause {
         scope: PauseScope,
@@ -66,6 +74,7 @@ impl Outcome {
             Outcome::NotFound { .. } => "DeviceCredentialNotFound",
             Outcome::Retry { code, .. }
             | Outcome::Permanent { code, .. }
+            | Outcome::StaleCredentials { code, .. }
             | Outcome::Pause { code, .. } => code,
         }
     }
@@ -204,10 +213,11 @@ fn by_code(answer: &Answer, code: String, message: String, request_id: Option<St
             PauseScope::Account,
             "check ALIBABA_CLOUD_ACCESS_KEY_ID: the key is unknown or disabled",
         ),
-        c if c.starts_with("InvalidSecurityToken") => pause(
-            PauseScope::Account,
-            "refresh ALIBABA_CLOUD_SECURITY_TOKEN: the STS token is expired or wrong",
-        ),
+        c if c.starts_with("InvalidSecurityToken") => Outcome::StaleCredentials {
+            code: code.clone(),
+            message: message.clone(),
+            request_id: request_id.clone(),
+        },
         c if c.starts_with("InvalidTimeStamp") => pause(
             PauseScope::Account,
             "check this host's clock (NTP): the gateway allows 15 minutes of skew",
@@ -291,6 +301,10 @@ const KNOWN_CODES: &[&str] = &[
     "HTTP504",
 ];
 
+/// What to check when credentials that cannot be renewed are refused.
+pub const STALE_CREDENTIALS_HINT: &str =
+    "refresh ALIBABA_CLOUD_SECURITY_TOKEN (or use a renewable source: a RAM role, OIDC, a profile): the STS token is expired or wrong";
+
 /// The label for codes outside [`KNOWN_CODES`].
 pub const OTHER_CODE: &str = "other";
 
@@ -344,6 +358,7 @@ mod tests {
             } => "retry-overloaded",
             Outcome::Retry { .. } => "retry",
             Outcome::Permanent { .. } => "permanent",
+            Outcome::StaleCredentials { .. } => "stale-credentials",
             Outcome::Pause {
                 scope: PauseScope::Account,
                 ..
@@ -374,7 +389,13 @@ mod tests {
             (400, "IncompleteSignature", "pause-account"),
             (404, "InvalidAccessKeyId.NotFound", "pause-account"),
             (400, "InvalidAccessKeyId.Inactive", "pause-account"),
-            (400, "InvalidSecurityToken.Expired", "pause-account"),
+            (400, "InvalidSecurityToken.Expired", "stale-credentials"),
+            (400, "InvalidSecurityToken.Malformed", "stale-credentials"),
+            (
+                400,
+                "InvalidSecurityToken.MismatchWithAccessKey",
+                "stale-credentials",
+            ),
             (400, "InvalidTimeStamp.Format", "pause-account"),
             (400, "InvalidTimeStamp.Expired", "pause-account"),
             (400, "SignatureNonceUsed", "retry"),

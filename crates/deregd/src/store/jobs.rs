@@ -76,6 +76,7 @@ pub async fn claim(
                  FROM (SELECT id, instance_id, client_id, run, attempts FROM jobs
                        WHERE status = 'pending' AND next_attempt_at <= ?1
                          AND instance_id NOT IN (SELECT value FROM json_each(?3))
+                         AND run NOT IN (SELECT label FROM runs WHERE state = 'paused')
                        ORDER BY next_attempt_at, id LIMIT ?2)",
             )
             .bind(now)
@@ -98,6 +99,7 @@ pub async fn claim(
                 .bind(&due)
                 .execute(&mut *conn)
                 .await?;
+                super::run_records::seen(&mut *conn, &due, now).await?;
             }
             Ok((rows, ()))
         })
@@ -333,7 +335,9 @@ pub async fn summary(db: &Store) -> sqlx::Result<Summary> {
         .fetch_one(&db.reader)
         .await?;
     let run: Option<Vec<u8>> = sqlx::query_scalar(&format!(
-        "SELECT {} FROM jobs WHERE status = 'pending' ORDER BY next_attempt_at, id LIMIT 1",
+        "SELECT {} FROM jobs WHERE status = 'pending'
+             AND run NOT IN (SELECT label FROM runs WHERE state = 'paused')
+         ORDER BY next_attempt_at, id LIMIT 1",
         crate::job::shown("run")
     ))
     .fetch_optional(&db.reader)

@@ -11,6 +11,7 @@ pub(crate) mod dispatcher;
 pub(crate) mod groups;
 pub mod jobs;
 pub(crate) mod listings;
+pub mod run_records;
 pub(crate) mod runs;
 pub mod submit;
 pub(crate) mod tps_usage;

@@ -3,6 +3,7 @@
 //! reload), pace until the budgets open, or stop; then one `select!` waits for it. Each call
 //! is its own task; its answer comes back as a [`CallResult`] and is acted on here.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +21,11 @@ use crate::api::http::StampedEmpty;
 use crate::api::{Action, ApiClient};
 use crate::clock::now_ms;
 use crate::config::{LimitsSettings, Settings};
+use crate::credentials::Status as Credentials;
 use crate::job::{Job, Status};
-use crate::outcome::{classify, completion_for, metric_code, Classified, Outcome};
+use crate::outcome::{
+    classify, completion_for, metric_code, Classified, Outcome, PauseScope, STALE_CREDENTIALS_HINT,
+};
 use crate::pacing::{Acquired, Ceilings, Pacer, Permit, Route};
 use crate::store::jobs::Completion;
 use crate::store::Store;
@@ -38,6 +42,8 @@ pub(crate) struct CallResult {
     classified: Classified,
     /// For a call that got no answer: whether it could not reach the endpoint, and why.
     transport: Option<(bool, String)>,
+    /// The credentials the call was signed with.
+    set: Arc<crate::credentials::Set>,
 }
 
 /// What the loop does next.
@@ -70,6 +76,11 @@ pub(crate) struct Dispatcher {
     results_rx: mpsc::UnboundedReceiver<CallResult>,
     recorder: mpsc::UnboundedSender<Done>,
     fatal: watch::Receiver<Option<String>>,
+    /// Tells of renewed credentials (and of their status changing).
+    credentials: watch::Receiver<crate::credentials::State>,
+    /// The paused runs: their claimed jobs go back, and no call goes for them.
+    paused_runs_rx: watch::Receiver<BTreeMap<String, String>>,
+    paused_runs: BTreeSet<String>,
     shared: Shared,
 }
 
@@ -90,8 +101,11 @@ impl Dispatcher {
         let limits = limits_rx.borrow_and_update().clone();
         Dispatcher {
             pacer: Pacer::new(&Ceilings::from_limits(&limits, client.sources())),
+            credentials: client.credentials().subscribe(),
             pauses: Pauses::new(limits.pause_probe),
             probe: shared.probe(),
+            paused_runs_rx: shared.paused_runs(),
+            paused_runs: BTreeSet::new(),
             limits_rx,
             store,
             client,
@@ -143,6 +157,8 @@ impl Dispatcher {
                         _ = self.limits_rx.changed() => self.reload(),
                         _ = self.probe.notified() => self.pauses.probe_now(std::time::Instant::now()),
                         _ = self.fatal.changed() => {}
+                        _ = self.credentials.changed() => { self.credentials.borrow_and_update(); }
+                        _ = self.paused_runs_rx.changed() => {}
                         _ = &mut *recorder => {}
                         _ = shutdown.cancelled() => {}
                         _ = tokio::time::sleep_until(until) => self.buffer.wake(),
@@ -184,10 +200,35 @@ impl Dispatcher {
         if self.limits_rx.has_changed().unwrap_or(false) {
             self.reload();
         }
+        if self.paused_runs_rx.has_changed().unwrap_or(false) {
+            self.paused_runs = self
+                .paused_runs_rx
+                .borrow_and_update()
+                .keys()
+                .cloned()
+                .collect();
+            self.release_paused_runs();
+        }
         let now = Instant::now();
         let longest = now + LONGEST_WAIT;
         if self.pauses.expire_instances(now.into_std()) {
             self.sync_pauses();
+        }
+        match self.client.credentials().status() {
+            Credentials::Ready => {
+                if self.pauses.lift_credentials() {
+                    self.sync_pauses();
+                }
+            }
+            // A renewal is under way after a refusal: no call until it is there.
+            Credentials::Renewing => return Step::Wait(longest),
+            Credentials::Unavailable(why) => {
+                if self.pauses.pause_credentials(why) {
+                    self.release(|_| true);
+                }
+                self.sync_pauses();
+                return Step::Wait(longest);
+            }
         }
         let gate = self.pauses.gate(now.into_std());
         match gate {
@@ -272,6 +313,7 @@ impl Dispatcher {
                 if !paused.is_empty() {
                     self.release(|j| paused.contains(&j.instance_id));
                 }
+                self.release_paused_runs();
                 None
             }
         };
@@ -289,6 +331,7 @@ impl Dispatcher {
         self.unrecorded.add();
         self.shared.update(|s| s.permits += 1);
         let client = self.client.clone();
+        let set = client.credentials().current();
         let results = self.results_tx.clone();
         let sent_ms = now_ms();
         tracing::debug!(job.id = job.id, job.instance = %job.instance_id, job.client = %job.client_id,
@@ -300,7 +343,8 @@ impl Dispatcher {
                 ("InstanceId", job.instance_id.as_str()),
             ];
             let answer = client
-                .call(
+                .call_with(
+                    &set,
                     route.action,
                     route.source,
                     &params,
@@ -319,6 +363,7 @@ impl Dispatcher {
                 sent_ms,
                 classified,
                 transport,
+                set,
             });
         });
     }
@@ -332,7 +377,9 @@ impl Dispatcher {
             sent_ms,
             classified,
             transport,
+            set,
         } = result;
+        let generation = set.generation;
         let Classified { outcome, billed } = classified;
         let code = outcome.code().to_string();
         self.shared.update(|s| {
@@ -373,15 +420,33 @@ impl Dispatcher {
                 };
                 self.pauses.pause(*scope, &job.instance_id, reason, now);
                 match scope {
-                    crate::outcome::PauseScope::Account => self.release(|_| true),
-                    crate::outcome::PauseScope::Instance => {
+                    PauseScope::Account => self.release(|_| true),
+                    PauseScope::Instance => {
                         let id = job.instance_id.clone();
                         self.release(|j| j.instance_id == id);
                     }
                 }
                 false
             }
+            (None, Outcome::StaleCredentials { message, .. }) => {
+                if self.client.credentials().refused(generation) {
+                    tracing::info!(api.code = %code, credentials.generation = generation,
+                        credentials.source = self.client.credentials().source(),
+                        "the API refused the credentials; renewing them at once, the job is called again");
+                } else {
+                    let reason = PauseReason {
+                        code: code.clone(),
+                        message: message.clone(),
+                        hint: STALE_CREDENTIALS_HINT.to_string(),
+                    };
+                    self.pauses
+                        .pause(PauseScope::Account, &job.instance_id, reason, now);
+                    self.release(|_| true);
+                }
+                false
+            }
             (None, _) => {
+                set.accepted();
                 self.pauses.on_answer(&job.instance_id);
                 true
             }
@@ -427,6 +492,16 @@ impl Dispatcher {
         completion.code = Some("InvalidInput".into());
         completion.message = Some(reason);
         self.finish(completion, false);
+    }
+
+    /// Returns the buffered jobs of paused runs to pending (calls in flight finish).
+    fn release_paused_runs(&mut self) {
+        if self.paused_runs.is_empty() {
+            return;
+        }
+        let paused = std::mem::take(&mut self.paused_runs);
+        self.release(|j| paused.contains(&j.run));
+        self.paused_runs = paused;
     }
 
     /// Returns the buffered jobs `which` picks to pending.
@@ -518,7 +593,7 @@ fn log_outcome(job: &Job, outcome: &Outcome, completion: &Completion) {
             retry.at = completion.next_attempt_at, "retry scheduled"),
         Outcome::Permanent { message, .. } => tracing::warn!(job.id = job.id, api.code = %code,
             api.message = %message, "failed: the API refused this job's parameters"),
-        Outcome::Pause { .. } => {}
+        Outcome::Pause { .. } | Outcome::StaleCredentials { .. } => {}
     }
 }
 
@@ -547,10 +622,7 @@ mod tests {
         crate::store::submit::submit(&store, &pairs, "r")
             .await
             .unwrap();
-        let env = std::collections::BTreeMap::from([(
-            "DEREGD_API__ENDPOINT".to_string(),
-            emulator.endpoint(),
-        )]);
+        let env = BTreeMap::from([("DEREGD_API__ENDPOINT".to_string(), emulator.endpoint())]);
         let settings = Settings::load_from(None, &env).unwrap();
         let client = ApiClient::new(
             &settings,

@@ -1,6 +1,7 @@
 //! The dispatcher's heartbeat, beside the loop: every few seconds it publishes the live state
-//! in the `dispatcher` row for `deregd status`, rescues jobs left `running` by others (a process
-//! that died, a row set by hand), checks that the database file is still the one opened, and
+//! in the `dispatcher` row for `deregd status`, reads which runs are paused (the loop releases
+//! their jobs), rescues jobs left `running` by others (a process that died, a row set by hand)
+//! and marks done the runs with no open job, checks that the database file is still the one opened, and
 //! warns when the wall clock steps. A failing write is reported, never fatal; a replaced or
 //! deleted database file is.
 
@@ -12,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::stats::Shared;
 use crate::clock::{now_ms, wall_step_ms};
 use crate::store::dispatcher::{self, Heartbeat};
-use crate::store::{jobs, Store};
+use crate::store::{jobs, run_records, Store};
 
 /// How often the heartbeat runs.
 const EVERY: Duration = Duration::from_secs(2);
@@ -47,8 +48,15 @@ pub(crate) fn spawn(
                     "the wall clock stepped; deregd keeps its own clock from start-up, so billed seconds and scheduled retries are not moved");
                 last_step = step;
             }
+            let mut failed = match run_records::paused(&store).await {
+                Ok(runs) => {
+                    shared.set_paused_runs(runs);
+                    None
+                }
+                Err(e) => Some(e),
+            };
             let beat = heartbeat(&shared, &owner);
-            let mut failed = dispatcher::publish(&store, &beat).await.err();
+            failed = dispatcher::publish(&store, &beat).await.err().or(failed);
             if beats.is_multiple_of(RESCUE_EVERY) {
                 match jobs::rescue_expired(&store, &owner).await {
                     Ok(0) => {}
@@ -57,6 +65,9 @@ pub(crate) fn spawn(
                         "returned jobs left running by another process (or by hand) to pending"
                     ),
                     Err(e) => failed = Some(e),
+                }
+                if let Err(e) = run_records::mark_done(&store).await {
+                    failed = Some(e);
                 }
             }
             if let Some(e) = failed {
@@ -83,6 +94,12 @@ fn heartbeat(shared: &Shared, owner: &str) -> Heartbeat {
             .paused_instances
             .iter()
             .map(|(i, r)| format!("instance {i}: {r}")),
+    );
+    problems.extend(
+        stats
+            .paused_runs
+            .iter()
+            .map(|(run, why)| format!("run {run:?} paused: {why}")),
     );
     problems.extend(stats.store_problems().into_iter().map(str::to_string));
     Heartbeat {

@@ -22,7 +22,7 @@ use crate::config::Settings;
 use crate::store::{dispatcher, jobs, Store};
 
 pub use heartbeat::hostname;
-pub use pause::PauseReason;
+pub use pause::{PauseReason, CREDENTIALS_EXPIRED};
 pub use stats::{DispatchStats, Shared};
 
 /// How the loop should end.

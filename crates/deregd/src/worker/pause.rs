@@ -18,6 +18,9 @@ const OUTAGE_MIN: usize = 5;
 /// The first probe after an outage begins; the wait doubles up to `limits.pause_probe_secs`.
 const FIRST_PROBE: Duration = Duration::from_secs(1);
 
+/// The pause code of credentials that expired and could not be renewed.
+pub const CREDENTIALS_EXPIRED: &str = "CredentialsExpired";
+
 /// Why dispatch is paused.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PauseReason {
@@ -59,6 +62,8 @@ struct Paused {
 #[derive(Debug)]
 pub(crate) struct Pauses {
     account: Option<Paused>,
+    /// The credentials expired and could not be renewed: no call at all until they are.
+    credentials: Option<PauseReason>,
     instances: HashMap<String, Paused>,
     /// One call at a time until an answer proves the calls work (start-up, after a pause).
     probing: bool,
@@ -72,6 +77,7 @@ impl Pauses {
     pub(crate) fn new(probe_every: Duration) -> Pauses {
         Pauses {
             account: None,
+            credentials: None,
             instances: HashMap::new(),
             probing: true,
             recent: VecDeque::with_capacity(RECENT),
@@ -247,9 +253,39 @@ impl Pauses {
         self.instances.contains_key(instance)
     }
 
-    /// The account's pause reason, if paused.
+    /// The account's pause reason, if paused (the credentials' first).
     pub(crate) fn account_reason(&self) -> Option<&PauseReason> {
-        self.account.as_ref().map(|p| &p.reason)
+        self.credentials
+            .as_ref()
+            .or(self.account.as_ref().map(|p| &p.reason))
+    }
+
+    /// The credentials expired and could not be renewed: `why`. Returns true when this
+    /// begins the pause.
+    pub(crate) fn pause_credentials(&mut self, why: String) -> bool {
+        let begins = self.credentials.is_none();
+        if begins {
+            tracing::error!(pause.reason = %why,
+                "paused: the credentials expired and could not be renewed; jobs stay pending; \
+                 resuming as soon as they are renewed");
+        }
+        self.credentials = Some(PauseReason {
+            code: CREDENTIALS_EXPIRED.into(),
+            message: why,
+            hint: "check the credentials source (the metadata service, STS, the token file): \
+                   renewal is retried with backoff"
+                .into(),
+        });
+        begins
+    }
+
+    /// The credentials are usable: lifts their pause. Returns true when there was one.
+    pub(crate) fn lift_credentials(&mut self) -> bool {
+        let lifted = self.credentials.take().is_some();
+        if lifted {
+            tracing::info!("resumed: the credentials were renewed");
+        }
+        lifted
     }
 
     /// Each paused instance's reason.
@@ -361,6 +397,18 @@ mod tests {
         assert_eq!(wait, MINUTE);
         p.on_answer("i");
         assert_eq!(p.gate(now), Gate::Open);
+    }
+
+    #[test]
+    fn a_credentials_pause_shows_first_and_lifts_alone() {
+        let mut p = Pauses::new(MINUTE);
+        assert!(p.pause_credentials("the metadata service is down".into()));
+        assert!(!p.pause_credentials("still down".into()), "begins once");
+        assert_eq!(p.account_reason().unwrap().code, CREDENTIALS_EXPIRED);
+        assert_eq!(p.account_reason().unwrap().message, "still down");
+        assert!(p.lift_credentials());
+        assert!(!p.lift_credentials());
+        assert!(p.account_reason().is_none());
     }
 
     #[test]

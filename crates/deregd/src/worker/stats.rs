@@ -34,6 +34,8 @@ pub struct DispatchStats {
     pub paused: Option<PauseReason>,
     /// Paused instances and why.
     pub paused_instances: BTreeMap<String, PauseReason>,
+    /// Paused runs (`deregd pause --run`) and why.
+    pub paused_runs: BTreeMap<String, String>,
     /// Why outcomes cannot be written now (`outcomes not recorded: <error>`), if they cannot.
     pub recording: Option<String>,
     /// Why jobs cannot be claimed now, if they cannot.
@@ -60,6 +62,8 @@ pub struct Shared {
     limits: Arc<watch::Sender<LimitsSettings>>,
     /// Notified to probe a paused dispatch at once (SIGHUP).
     probe: Arc<Notify>,
+    /// The paused runs as the heartbeat last read them from the database.
+    paused_runs: Arc<watch::Sender<BTreeMap<String, String>>>,
 }
 
 impl Shared {
@@ -68,7 +72,25 @@ impl Shared {
             stats: Arc::default(),
             limits: Arc::new(watch::channel(limits.clone()).0),
             probe: Arc::default(),
+            paused_runs: Arc::new(watch::channel(BTreeMap::new()).0),
         }
+    }
+
+    /// The paused runs read from the database: the loop releases their claimed jobs and
+    /// claims none of them until they are resumed.
+    pub(crate) fn set_paused_runs(&self, runs: BTreeMap<String, String>) {
+        self.paused_runs.send_if_modified(|old| {
+            if *old == runs {
+                return false;
+            }
+            *old = runs.clone();
+            true
+        });
+        self.update(|s| s.paused_runs = runs);
+    }
+
+    pub(crate) fn paused_runs(&self) -> watch::Receiver<BTreeMap<String, String>> {
+        self.paused_runs.subscribe()
     }
 
     /// New limits (SIGHUP): in force as soon as the loop sees them; a paused dispatch probes

@@ -4,8 +4,12 @@
 mod adversity;
 mod cli;
 mod common;
+mod credentials;
 mod groups;
 mod hostile;
+mod proxy;
+mod renewal;
+mod runs;
 mod service;
 mod store_faults;
 mod typed_rows;

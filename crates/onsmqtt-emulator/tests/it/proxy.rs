@@ -37,6 +37,7 @@ async fn proxy_credentials_are_required_and_wrong_ones_get_407() {
         let proxy = CountingProxy::start(ProxySettings {
             listen: None,
             credentials: Some(("deregd".into(), "s3cret-pass".into())),
+            outgoing_address: None,
         })
         .await
         .unwrap();

@@ -1,0 +1,239 @@
+//! The `runs` table: each run's record (created when and by whom, from what) and its state.
+//! Only the jobs of an `active` run are claimed; `deregd pause --run` and `resume --run` move
+//! a run between `active` and `paused`, `cancel --run` makes it `cancelled`, and a run none of
+//! whose jobs is open becomes `done`. A label that arrived by plain SQL gets its row when a
+//! dispatcher first claims one of its jobs ([`super::jobs::claim`]).
+
+use std::collections::BTreeMap;
+
+use super::Store;
+use crate::clock::now_ms;
+
+/// A run's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Active,
+    Paused,
+    Cancelled,
+    Done,
+}
+
+impl RunState {
+    fn parse(s: &str) -> RunState {
+        match s {
+            "paused" => RunState::Paused,
+            "cancelled" => RunState::Cancelled,
+            "done" => RunState::Done,
+            _ => RunState::Active,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Active => "active",
+            RunState::Paused => "paused",
+            RunState::Cancelled => "cancelled",
+            RunState::Done => "done",
+        }
+    }
+}
+
+/// One row of `runs`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunRecord {
+    pub label: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// `user@host` of the first submit; `None` for a run that arrived by SQL.
+    pub created_by: Option<String>,
+    /// `file clients.txt (1200 lines)`, `groups GID_a, GID_b on post-cn-x`, or `sql`.
+    pub source: String,
+    pub state: RunState,
+    pub state_reason: Option<String>,
+    /// Unix ms.
+    pub state_changed_at: i64,
+}
+
+type Row = (
+    String,
+    i64,
+    Option<String>,
+    String,
+    String,
+    Option<String>,
+    i64,
+);
+
+fn record((label, created_at, created_by, source, state, state_reason, changed): Row) -> RunRecord {
+    RunRecord {
+        label,
+        created_at,
+        created_by,
+        source,
+        state: RunState::parse(&state),
+        state_reason,
+        state_changed_at: changed,
+    }
+}
+
+const COLUMNS: &str =
+    "label, created_at, created_by, source, state, state_reason, state_changed_at";
+
+/// Records the run `label` as a submit starts it. A run that exists keeps its record; one that
+/// was `done` or `cancelled` is `active` again, since jobs are being added to it.
+pub(crate) async fn open(
+    store: &Store,
+    label: &str,
+    created_by: &str,
+    source: &str,
+) -> sqlx::Result<()> {
+    store
+        .execute(
+            sqlx::query(
+                "INSERT INTO runs (label, created_at, created_by, source, state, state_changed_at)
+                 VALUES (?1, ?2, ?3, ?4, 'active', ?2)
+                 ON CONFLICT (label) DO UPDATE SET state = 'active', state_reason = NULL,
+                     state_changed_at = excluded.state_changed_at
+                 WHERE runs.state IN ('done', 'cancelled')",
+            )
+            .bind(label)
+            .bind(now_ms())
+            .bind(created_by)
+            .bind(source),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Within a claim's transaction: the runs of the claimed rows (`due`, the claim's JSON array
+/// of `[id, instance, client, run, attempts]`) get a record if they have none (`sql`: rows
+/// inserted by hand), and a `done` or `cancelled` one is active again.
+pub(crate) async fn seen(
+    conn: &mut sqlx::SqliteConnection,
+    due: &str,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO runs (label, created_at, source, state, state_changed_at)
+         SELECT DISTINCT value ->> 3, ?2, 'sql', 'active', ?2 FROM json_each(?1)
+         WHERE value ->> 3 IS NOT NULL
+         ON CONFLICT (label) DO UPDATE SET state = 'active', state_reason = NULL,
+             state_changed_at = excluded.state_changed_at
+         WHERE runs.state IN ('done', 'cancelled')",
+    )
+    .bind(due)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What a change of state found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Changed {
+    Done,
+    /// The run was already in the state asked for, or in one it cannot leave that way.
+    Unchanged(RunState),
+    NoSuchRun,
+}
+
+/// Pauses `label` (only an active run) with `reason`.
+pub(crate) async fn pause(store: &Store, label: &str, reason: &str) -> sqlx::Result<Changed> {
+    set_state(store, label, RunState::Paused, Some(reason), &["active"]).await
+}
+
+/// Resumes a paused `label`.
+pub(crate) async fn resume(store: &Store, label: &str) -> sqlx::Result<Changed> {
+    set_state(store, label, RunState::Active, None, &["paused"]).await
+}
+
+/// Marks `label` cancelled (`deregd cancel --run`).
+pub(crate) async fn cancelled(store: &Store, label: &str) -> sqlx::Result<Changed> {
+    set_state(
+        store,
+        label,
+        RunState::Cancelled,
+        Some("cancelled by the operator"),
+        &["active", "paused", "done"],
+    )
+    .await
+}
+
+async fn set_state(
+    store: &Store,
+    label: &str,
+    to: RunState,
+    reason: Option<&str>,
+    from: &[&str],
+) -> sqlx::Result<Changed> {
+    let from = serde_json::to_string(from).expect("strings serialize");
+    let changed = store
+        .execute(
+            sqlx::query(
+                "UPDATE runs SET state = ?2, state_reason = ?3, state_changed_at = ?4
+                 WHERE label = ?1 AND state IN (SELECT value FROM json_each(?5))",
+            )
+            .bind(label)
+            .bind(to.as_str())
+            .bind(reason)
+            .bind(now_ms())
+            .bind(&from),
+        )
+        .await?
+        .rows_affected();
+    if changed > 0 {
+        return Ok(Changed::Done);
+    }
+    Ok(match get(store, label).await? {
+        Some(r) => Changed::Unchanged(r.state),
+        None => Changed::NoSuchRun,
+    })
+}
+
+/// The record of `label`.
+pub(crate) async fn get(store: &Store, label: &str) -> sqlx::Result<Option<RunRecord>> {
+    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM runs WHERE label = ?1"))
+        .bind(label)
+        .fetch_optional(&store.reader)
+        .await?;
+    Ok(row.map(record))
+}
+
+/// The paused runs and why.
+pub(crate) async fn paused(store: &Store) -> sqlx::Result<BTreeMap<String, String>> {
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT label, state_reason FROM runs WHERE state = 'paused'")
+            .fetch_all(&store.reader)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(label, reason)| (label, reason.unwrap_or_default()))
+        .collect())
+}
+
+/// Marks `done` the active runs none of whose jobs is open. Returns how many.
+pub(crate) async fn mark_done(store: &Store) -> sqlx::Result<u64> {
+    Ok(store
+        .execute(
+            sqlx::query(
+                "UPDATE runs SET state = 'done', state_reason = NULL, state_changed_at = ?1
+                 WHERE state = 'active' AND NOT EXISTS (
+                     SELECT 1 FROM jobs WHERE jobs.run = runs.label
+                         AND jobs.status IN ('pending', 'running'))",
+            )
+            .bind(now_ms()),
+        )
+        .await?
+        .rows_affected())
+}
+
+/// `user@host` of this process, for `created_by`.
+pub(crate) fn operator() -> String {
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        // SAFETY: getuid(2) has no preconditions and cannot fail.
+        .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }));
+    format!("{user}@{}", crate::worker::hostname())
+}
