@@ -7,7 +7,7 @@
 //! dispatch loop, claims, pauses, the recorder), [`store`] (every SQL statement, by table),
 //! [`intake`] (parsing submissions), [`job`] (input rules), [`retry`] (delays), [`lock`] (one
 //! dispatcher per database), [`systemd`] (notify, watchdog), [`metrics`] (Prometheus),
-//! [`cli`] (one module per subcommand).
+//! [`plan`] (what a run will take, before it runs), [`cli`] (one module per subcommand).
 
 pub mod action;
 pub mod api;
@@ -22,6 +22,7 @@ pub(crate) mod lock;
 pub(crate) mod metrics;
 pub mod outcome;
 pub(crate) mod pacing;
+pub mod plan;
 pub(crate) mod registry;
 pub(crate) mod retry;
 pub mod store;

@@ -10,7 +10,10 @@ CREATE TABLE runs (
     state            TEXT    NOT NULL DEFAULT 'active'
         CONSTRAINT state_unknown CHECK (state IN ('active', 'paused', 'cancelled', 'done')),
     state_reason     TEXT,
-    state_changed_at INTEGER NOT NULL
+    state_changed_at INTEGER NOT NULL,
+    -- The run's own abort_failure_share (deregd submit --abort-share); NULL: the configured one.
+    abort_failure_share REAL
+        CONSTRAINT abort_failure_share_range CHECK (abort_failure_share BETWEEN 0.0 AND 1.0)
 );
 
 -- The runs of jobs already queued.

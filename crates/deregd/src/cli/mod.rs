@@ -15,6 +15,7 @@ pub mod emulator;
 pub mod jobs;
 pub mod migrate;
 pub mod pause;
+pub mod plan;
 pub mod report;
 pub mod requeue;
 pub mod run;
@@ -67,6 +68,9 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Cancel the pending jobs of a run.
     Cancel(cancel::CancelArgs),
+    /// What the open runs will take under the budgets (ETA and its bound, TPS added per
+    /// instance, warnings); no API call.
+    Plan(plan::PlanArgs),
     /// Pause a run: its jobs are not dispatched (calls in flight finish); other runs go on.
     Pause(pause::PauseArgs),
     /// Resume a paused run.
@@ -126,6 +130,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs(args) => jobs::run(settings, args).await,
         Command::Verify(args) => verify::run(settings, args).await,
         Command::Cancel(args) => cancel::run(settings, args).await,
+        Command::Plan(args) => plan::run(settings, args).await,
         Command::Pause(args) => pause::pause(settings, args).await,
         Command::Resume(args) => pause::resume(settings, args).await,
         Command::Requeue(args) => requeue::run(settings, args).await,

@@ -33,10 +33,21 @@ pub struct SubmitArgs {
     /// registry (repeatable; needs credentials and the api settings, like `run`).
     #[arg(long = "group", value_name = "GID", conflicts_with = "file")]
     pub groups: Vec<String>,
+    /// The run's own abort rule: pause it when this share (0.0 to 1.0; 0 turns the rule off)
+    /// of its last `limits.abort_min_answers` final answers failed.
+    #[arg(long, value_name = "SHARE", value_parser = parse_share)]
+    pub abort_share: Option<f64>,
     /// One ClientId per line, or CSV with the header `instance_id,client_id`; `-` or nothing
     /// reads standard input.
     #[arg(value_name = "FILE|-")]
     pub file: Option<PathBuf>,
+}
+
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{text:?} is not a share between 0.0 and 1.0")),
+    }
 }
 
 pub async fn run(settings: Settings, args: SubmitArgs) -> anyhow::Result<()> {
@@ -67,7 +78,15 @@ pub async fn run(settings: Settings, args: SubmitArgs) -> anyhow::Result<()> {
         _ => "standard input".to_string(),
     };
     let source = format!("{from} ({lines} lines)");
-    if let Err(e) = run_records::open(&db, &args.run, &run_records::operator(), &source).await {
+    if let Err(e) = run_records::open(
+        &db,
+        &args.run,
+        &run_records::operator(),
+        &source,
+        args.abort_share,
+    )
+    .await
+    {
         db.close().await;
         return Err(e.into());
     }

@@ -28,7 +28,15 @@ pub(crate) async fn run(settings: Settings, args: SubmitArgs) -> anyhow::Result<
     let store = Store::open(&settings.database.path).await?;
     let client = ApiClient::new(&settings, credentials)?;
     let source = format!("groups {} on {instance}", args.groups.join(", "));
-    if let Err(e) = run_records::open(&store, &args.run, &run_records::operator(), &source).await {
+    if let Err(e) = run_records::open(
+        &store,
+        &args.run,
+        &run_records::operator(),
+        &source,
+        args.abort_share,
+    )
+    .await
+    {
         store.close().await;
         return Err(e.into());
     }

@@ -185,6 +185,11 @@ pub struct LimitsSettings {
     /// Time between probe calls while paused.
     #[serde(rename = "pause_probe_secs", with = "secs")]
     pub pause_probe: Duration,
+    /// The abort rule: a run is paused when this share of its last `abort_min_answers` final
+    /// answers (succeeded or failed) failed. 0 turns the rule off; a run may set its own.
+    pub abort_failure_share: f64,
+    /// How many final answers the abort rule looks at.
+    pub abort_min_answers: u32,
     /// Per-instance caps, successful calls per second.
     #[serde(default)]
     pub instance_tps: BTreeMap<String, u32>,

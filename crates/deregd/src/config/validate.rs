@@ -211,6 +211,12 @@ impl LimitsSettings {
             ));
         }
         within_secs("limits.pause_probe_secs", self.pause_probe, 86_400)?;
+        check_share("limits.abort_failure_share", self.abort_failure_share)?;
+        within(
+            "limits.abort_min_answers",
+            self.abort_min_answers,
+            1_000_000,
+        )?;
         for (instance, cap) in &self.instance_tps {
             let key = format!("limits.instance_tps.{instance}");
             if *cap < 1 || *cap > self.qps {
@@ -222,6 +228,17 @@ impl LimitsSettings {
         }
         Ok(())
     }
+}
+
+/// A share between 0.0 and 1.0.
+pub(crate) fn check_share(key: &str, share: f64) -> Result<(), ConfigError> {
+    if !(0.0..=1.0).contains(&share) {
+        return Err(bad(
+            key,
+            format!("{share} is out of range: must be 0.0 to 1.0"),
+        ));
+    }
+    Ok(())
 }
 
 fn within(key: &str, value: u32, max: u32) -> Result<(), ConfigError> {

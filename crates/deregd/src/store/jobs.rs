@@ -264,18 +264,22 @@ pub async fn rescue_all(db: &Store) -> sqlx::Result<u64> {
 pub async fn next_due(db: &Store) -> sqlx::Result<Option<i64>> {
     sqlx::query_scalar(
         "SELECT next_attempt_at FROM jobs WHERE status = 'pending'
+             AND run NOT IN (SELECT label FROM runs WHERE state = 'paused')
          ORDER BY next_attempt_at LIMIT 1",
     )
     .fetch_optional(&db.reader)
     .await
 }
 
-/// True while any job is pending (due or scheduled) or running.
+/// True while any job that may be dispatched is pending (due or scheduled) or running: the
+/// jobs of a paused run wait for `deregd resume`, so they do not count.
 pub async fn has_open_jobs(db: &Store) -> sqlx::Result<bool> {
-    let open: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM jobs WHERE status IN ('pending', 'running') LIMIT 1")
-            .fetch_optional(&db.reader)
-            .await?;
+    let open: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM jobs WHERE status IN ('pending', 'running')
+             AND run NOT IN (SELECT label FROM runs WHERE state = 'paused') LIMIT 1",
+    )
+    .fetch_optional(&db.reader)
+    .await?;
     Ok(open.is_some())
 }
 

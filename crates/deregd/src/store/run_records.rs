@@ -82,17 +82,20 @@ const COLUMNS: &str =
 
 /// Records the run `label` as a submit starts it. A run that exists keeps its record; one that
 /// was `done` or `cancelled` is `active` again, since jobs are being added to it.
+/// With `abort_share`, the run's own abort rule share (kept by later submits without one).
 pub(crate) async fn open(
     store: &Store,
     label: &str,
     created_by: &str,
     source: &str,
+    abort_share: Option<f64>,
 ) -> sqlx::Result<()> {
     store
-        .execute(
+        .write(async |conn| {
             sqlx::query(
-                "INSERT INTO runs (label, created_at, created_by, source, state, state_changed_at)
-                 VALUES (?1, ?2, ?3, ?4, 'active', ?2)
+                "INSERT INTO runs (label, created_at, created_by, source, state, state_changed_at,
+                                   abort_failure_share)
+                 VALUES (?1, ?2, ?3, ?4, 'active', ?2, ?5)
                  ON CONFLICT (label) DO UPDATE SET state = 'active', state_reason = NULL,
                      state_changed_at = excluded.state_changed_at
                  WHERE runs.state IN ('done', 'cancelled')",
@@ -100,10 +103,48 @@ pub(crate) async fn open(
             .bind(label)
             .bind(now_ms())
             .bind(created_by)
-            .bind(source),
-        )
-        .await?;
-    Ok(())
+            .bind(source)
+            .bind(abort_share)
+            .execute(&mut *conn)
+            .await?;
+            if let Some(share) = abort_share {
+                sqlx::query("UPDATE runs SET abort_failure_share = ?2 WHERE label = ?1")
+                    .bind(label)
+                    .bind(share)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// What the dispatcher needs of the runs: which are paused and why, and the runs' own abort
+/// shares.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunControls {
+    pub paused: BTreeMap<String, String>,
+    pub abort_share: BTreeMap<String, f64>,
+}
+
+/// The [`RunControls`] as the database holds them now.
+pub(crate) async fn controls(store: &Store) -> sqlx::Result<RunControls> {
+    let rows: Vec<(String, String, Option<String>, Option<f64>)> = sqlx::query_as(
+        "SELECT label, state, state_reason, abort_failure_share FROM runs
+         WHERE state = 'paused' OR abort_failure_share IS NOT NULL",
+    )
+    .fetch_all(&store.reader)
+    .await?;
+    let mut controls = RunControls::default();
+    for (label, state, reason, share) in rows {
+        if let Some(share) = share {
+            controls.abort_share.insert(label.clone(), share);
+        }
+        if state == "paused" {
+            controls.paused.insert(label, reason.unwrap_or_default());
+        }
+    }
+    Ok(controls)
 }
 
 /// Within a claim's transaction: the runs of the claimed rows (`due`, the claim's JSON array
@@ -200,18 +241,6 @@ pub(crate) async fn get(store: &Store, label: &str) -> sqlx::Result<Option<RunRe
     Ok(row.map(record))
 }
 
-/// The paused runs and why.
-pub(crate) async fn paused(store: &Store) -> sqlx::Result<BTreeMap<String, String>> {
-    let rows: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT label, state_reason FROM runs WHERE state = 'paused'")
-            .fetch_all(&store.reader)
-            .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(label, reason)| (label, reason.unwrap_or_default()))
-        .collect())
-}
-
 /// Marks `done` the active runs none of whose jobs is open. Returns how many.
 pub(crate) async fn mark_done(store: &Store) -> sqlx::Result<u64> {
     Ok(store
@@ -233,7 +262,23 @@ pub(crate) fn operator() -> String {
     let user = ["USER", "LOGNAME"]
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        // SAFETY: getuid(2) has no preconditions and cannot fail.
-        .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }));
+        .unwrap_or_else(account_name);
     format!("{user}@{}", crate::worker::hostname())
+}
+
+/// This process's user name from the password database, else `uid N`.
+fn account_name() -> String {
+    // SAFETY: getuid(2) cannot fail; getpwuid(3) returns null or a pointer to a static record
+    // whose pw_name is a NUL-terminated string, read at once (no other thread of this CLI
+    // process calls getpw* meanwhile).
+    unsafe {
+        let uid = libc::getuid();
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return format!("uid {uid}");
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_string_lossy()
+            .into_owned()
+    }
 }

@@ -424,3 +424,43 @@ pub(crate) async fn requeue_pairs(
     }
     Ok(requeued)
 }
+
+/// Open jobs (pending or running) per run and instance, for `deregd plan`; only `run`'s when
+/// given.
+pub(crate) async fn open_by_instance(
+    db: &Store,
+    run: Option<&str>,
+) -> sqlx::Result<Vec<(String, String, i64)>> {
+    let sql = format!(
+        "SELECT {}, {}, COUNT(*) FROM jobs
+         WHERE status IN ('pending', 'running') AND (?1 IS NULL OR run = ?1)
+         GROUP BY run, instance_id ORDER BY run, instance_id",
+        shown("run"),
+        shown("instance_id")
+    );
+    let rows = sqlx::query(&sql).bind(run).fetch_all(&db.reader).await?;
+    Ok(rows
+        .iter()
+        .map(|row| (text(row, 0), text(row, 1), row.get(2)))
+        .collect())
+}
+
+/// Open jobs created before `before_ms`, per run; only `run`'s when given.
+pub(crate) async fn open_created_before(
+    db: &Store,
+    run: Option<&str>,
+    before_ms: i64,
+) -> sqlx::Result<Vec<(String, i64)>> {
+    let sql = format!(
+        "SELECT {}, COUNT(*) FROM jobs
+         WHERE status IN ('pending', 'running') AND created_at < ?2 AND (?1 IS NULL OR run = ?1)
+         GROUP BY run ORDER BY run",
+        shown("run")
+    );
+    let rows = sqlx::query(&sql)
+        .bind(run)
+        .bind(before_ms)
+        .fetch_all(&db.reader)
+        .await?;
+    Ok(rows.iter().map(|row| (text(row, 0), row.get(1))).collect())
+}

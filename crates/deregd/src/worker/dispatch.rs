@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::abort::Aborts;
 use super::buffer::{Buffer, Took};
 use super::pause::{Gate, PauseReason, Pauses};
 use super::recorder::{Done, Unrecorded};
@@ -28,6 +29,7 @@ use crate::outcome::{
 };
 use crate::pacing::{Acquired, Ceilings, Pacer, Permit, Route};
 use crate::store::jobs::Completion;
+use crate::store::run_records::{self, RunControls};
 use crate::store::Store;
 
 /// The longest a wait lasts: the turn of the loop is the watchdog's pulse.
@@ -78,9 +80,17 @@ pub(crate) struct Dispatcher {
     fatal: watch::Receiver<Option<String>>,
     /// Tells of renewed credentials (and of their status changing).
     credentials: watch::Receiver<crate::credentials::State>,
-    /// The paused runs: their claimed jobs go back, and no call goes for them.
-    paused_runs_rx: watch::Receiver<BTreeMap<String, String>>,
+    /// The runs' controls from the database: paused runs (their claimed jobs go back, and no
+    /// call goes for them) and the runs' own abort shares.
+    runs_rx: watch::Receiver<RunControls>,
     paused_runs: BTreeSet<String>,
+    abort_share: BTreeMap<String, f64>,
+    /// The abort rule's windows.
+    aborts: Aborts,
+    /// Runs the abort rule paused whose pause the database may not hold yet.
+    tripped: BTreeSet<String>,
+    /// The writes of those pauses.
+    pause_writes: Vec<JoinHandle<()>>,
     shared: Shared,
 }
 
@@ -104,8 +114,17 @@ impl Dispatcher {
             credentials: client.credentials().subscribe(),
             pauses: Pauses::new(limits.pause_probe),
             probe: shared.probe(),
-            paused_runs_rx: shared.paused_runs(),
+            runs_rx: {
+                // What the runs were at start is taken at the first step.
+                let mut rx = shared.runs();
+                rx.mark_changed();
+                rx
+            },
             paused_runs: BTreeSet::new(),
+            abort_share: BTreeMap::new(),
+            aborts: Aborts::default(),
+            tripped: BTreeSet::new(),
+            pause_writes: Vec::new(),
             limits_rx,
             store,
             client,
@@ -158,7 +177,7 @@ impl Dispatcher {
                         _ = self.probe.notified() => self.pauses.probe_now(std::time::Instant::now()),
                         _ = self.fatal.changed() => {}
                         _ = self.credentials.changed() => { self.credentials.borrow_and_update(); }
-                        _ = self.paused_runs_rx.changed() => {}
+                        _ = self.runs_rx.changed() => {}
                         _ = &mut *recorder => {}
                         _ = shutdown.cancelled() => {}
                         _ = tokio::time::sleep_until(until) => self.buffer.wake(),
@@ -200,14 +219,8 @@ impl Dispatcher {
         if self.limits_rx.has_changed().unwrap_or(false) {
             self.reload();
         }
-        if self.paused_runs_rx.has_changed().unwrap_or(false) {
-            self.paused_runs = self
-                .paused_runs_rx
-                .borrow_and_update()
-                .keys()
-                .cloned()
-                .collect();
-            self.release_paused_runs();
+        if self.runs_rx.has_changed().unwrap_or(false) {
+            self.take_run_controls();
         }
         let now = Instant::now();
         let longest = now + LONGEST_WAIT;
@@ -476,6 +489,7 @@ impl Dispatcher {
         }
         completion.billed_second = billed.then_some(sent_ms.div_euclid(1000));
         log_outcome(&job, &outcome, &completion);
+        self.abort_rule(&job.run, completion.status, completion.code.as_deref());
         if completion.status == Status::Pending
             && counted
             && matches!(outcome, Outcome::Retry { .. })
@@ -492,6 +506,60 @@ impl Dispatcher {
         completion.code = Some("InvalidInput".into());
         completion.message = Some(reason);
         self.finish(completion, false);
+    }
+
+    /// The runs' controls the heartbeat read: pauses (with those the abort rule made until
+    /// the database holds them) and abort shares.
+    fn take_run_controls(&mut self) {
+        let controls = self.runs_rx.borrow_and_update().clone();
+        self.tripped
+            .retain(|run| !controls.paused.contains_key(run));
+        for run in controls.paused.keys() {
+            if !self.paused_runs.contains(run) {
+                self.aborts.reset(run);
+            }
+        }
+        self.paused_runs = controls.paused.into_keys().collect();
+        self.paused_runs.extend(self.tripped.iter().cloned());
+        self.abort_share = controls.abort_share;
+        self.release_paused_runs();
+    }
+
+    /// Counts a final answer for the abort rule; pauses the run when it trips.
+    fn abort_rule(&mut self, run: &str, status: Status, code: Option<&str>) {
+        let limits = &self.settings.limits;
+        let share = self
+            .abort_share
+            .get(run)
+            .copied()
+            .unwrap_or(limits.abort_failure_share);
+        let Some(reason) = self
+            .aborts
+            .record(run, status, code, share, limits.abort_min_answers)
+        else {
+            return;
+        };
+        tracing::warn!(run = %run, "pausing the run: {reason}; `deregd resume --run` when the cause is fixed");
+        self.tripped.insert(run.to_string());
+        self.paused_runs.insert(run.to_string());
+        self.release_paused_runs();
+        self.shared.update(|s| {
+            s.paused_runs.insert(run.to_string(), reason.clone());
+        });
+        let (store, run) = (self.store.clone(), run.to_string());
+        self.pause_writes.retain(|w| !w.is_finished());
+        self.pause_writes.push(tokio::spawn(async move {
+            let mut warned = false;
+            // Retried for as long as it takes: until it lands, this process holds the run
+            // paused itself, and its claims return the run's jobs at once.
+            while let Err(e) = run_records::pause(&store, &run, &reason).await {
+                if !warned {
+                    tracing::warn!(run = %run, error = %e, "could not record the run's pause yet; retrying");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }));
     }
 
     /// Returns the buffered jobs of paused runs to pending (calls in flight finish).
@@ -574,6 +642,12 @@ impl Dispatcher {
             self.handle(result);
         }
         self.release(|_| true);
+        // The abort rule's pauses must reach the database, or the next start would go on.
+        for write in std::mem::take(&mut self.pause_writes) {
+            if tokio::time::timeout_at(deadline, write).await.is_err() {
+                tracing::warn!("a run paused by the abort rule could not be recorded before the stop deadline; pause it with `deregd pause --run`");
+            }
+        }
     }
 }
 

@@ -48,9 +48,9 @@ pub(crate) fn spawn(
                     "the wall clock stepped; deregd keeps its own clock from start-up, so billed seconds and scheduled retries are not moved");
                 last_step = step;
             }
-            let mut failed = match run_records::paused(&store).await {
+            let mut failed = match run_records::controls(&store).await {
                 Ok(runs) => {
-                    shared.set_paused_runs(runs);
+                    shared.set_runs(runs);
                     None
                 }
                 Err(e) => Some(e),

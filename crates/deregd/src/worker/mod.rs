@@ -5,6 +5,7 @@
 //! passed in. Invariants: no transaction is held across a call; a call goes out only while
 //! its outcome can be recorded, and at most `limits.max_unrecorded` calls are unrecorded.
 
+mod abort;
 mod buffer;
 mod dispatch;
 mod heartbeat;
@@ -52,6 +53,13 @@ pub async fn run(
         rand::random::<u32>()
     );
     rescue_at_start(&store, &shutdown).await;
+    // The runs' pauses and abort shares before the first call; the heartbeat follows them.
+    match crate::store::run_records::controls(&store).await {
+        Ok(runs) => shared.set_runs(runs),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the runs' controls yet; the heartbeat retries")
+        }
+    }
     let unrecorded = std::sync::Arc::new(recorder::Unrecorded::default());
     let give_up = CancellationToken::new();
     let mut recorder = recorder::spawn(

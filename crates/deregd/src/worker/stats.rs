@@ -9,6 +9,7 @@ use tokio::sync::{watch, Notify};
 
 use super::pause::PauseReason;
 use crate::config::LimitsSettings;
+use crate::store::run_records::RunControls;
 
 /// Live counters, shared with status lines and metrics.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -62,8 +63,8 @@ pub struct Shared {
     limits: Arc<watch::Sender<LimitsSettings>>,
     /// Notified to probe a paused dispatch at once (SIGHUP).
     probe: Arc<Notify>,
-    /// The paused runs as the heartbeat last read them from the database.
-    paused_runs: Arc<watch::Sender<BTreeMap<String, String>>>,
+    /// The runs' pauses and abort shares as the heartbeat last read them from the database.
+    runs: Arc<watch::Sender<RunControls>>,
 }
 
 impl Shared {
@@ -72,25 +73,26 @@ impl Shared {
             stats: Arc::default(),
             limits: Arc::new(watch::channel(limits.clone()).0),
             probe: Arc::default(),
-            paused_runs: Arc::new(watch::channel(BTreeMap::new()).0),
+            runs: Arc::new(watch::channel(RunControls::default()).0),
         }
     }
 
-    /// The paused runs read from the database: the loop releases their claimed jobs and
-    /// claims none of them until they are resumed.
-    pub(crate) fn set_paused_runs(&self, runs: BTreeMap<String, String>) {
-        self.paused_runs.send_if_modified(|old| {
+    /// The runs' controls read from the database: the loop releases the claimed jobs of paused
+    /// runs and claims none of them until they are resumed.
+    pub(crate) fn set_runs(&self, runs: RunControls) {
+        let paused = runs.paused.clone();
+        self.runs.send_if_modified(|old| {
             if *old == runs {
                 return false;
             }
-            *old = runs.clone();
+            *old = runs;
             true
         });
-        self.update(|s| s.paused_runs = runs);
+        self.update(|s| s.paused_runs = paused);
     }
 
-    pub(crate) fn paused_runs(&self) -> watch::Receiver<BTreeMap<String, String>> {
-        self.paused_runs.subscribe()
+    pub(crate) fn runs(&self) -> watch::Receiver<RunControls> {
+        self.runs.subscribe()
     }
 
     /// New limits (SIGHUP): in force as soon as the loop sees them; a paused dispatch probes
