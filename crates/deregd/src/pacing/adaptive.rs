@@ -92,11 +92,18 @@ impl SlidingCount {
         slot.1 += 1;
     }
 
-    /// How long from `tenth` until fewer than `limit` events remain within the last second,
-    /// or `None` when that is already so.
-    pub(crate) fn until_below(&self, tenth: u64, limit: f64) -> Option<Duration> {
+    /// How long from `tenth` until calls can go at `rate` without the last second ever holding
+    /// `limit` events or more: the events counted here age out bucket by bucket while the new
+    /// calls add up, and their sum must stay under `limit` for the whole next second. `None`
+    /// when calls can go at once.
+    pub(crate) fn until_fits(&self, tenth: u64, rate: f64, limit: f64) -> Option<Duration> {
+        let fits_from = |ahead: u64| {
+            (ahead..=10)
+                .all(|k| self.total(tenth + k) as f64 + rate * (k - ahead) as f64 / 10.0 < limit)
+        };
         (0..=10u64)
-            .find(|ahead| (self.total(tenth + ahead) as f64) < limit)
+            .find(|ahead| fits_from(*ahead))
+            .or(Some(10))
             .filter(|ahead| *ahead > 0)
             .map(|ahead| Duration::from_millis(ahead * 100))
     }
@@ -165,9 +172,9 @@ mod tests {
     }
 
     #[test]
-    fn hold_off_lasts_until_the_last_second_fits_the_new_rate() {
+    fn hold_off_lasts_until_old_and_new_calls_fit_under_the_limit() {
         let mut c = SlidingCount::default();
-        // 30 events in each of the tenths 0, 1 and 2, then 10 in tenth 3: 100 within a second.
+        // A burst: 30 events in each of the tenths 0, 1 and 2, then 10 in tenth 3.
         for t in 0..3 {
             for _ in 0..30 {
                 c.add(t);
@@ -176,10 +183,33 @@ mod tests {
         for _ in 0..10 {
             c.add(3);
         }
-        // Cut to 70 at tenth 3: 70 remain once tenth 0 ages out (tenth 10), fewer at tenth 11.
-        assert_eq!(c.until_below(3, 70.0), Some(Duration::from_millis(800)));
-        assert_eq!(c.until_below(3, 101.0), None);
-        // Nothing fits a rate of 1 until every bucket has aged out.
-        assert_eq!(c.until_below(3, 1.0), Some(Duration::from_millis(1000)));
+        // Cut to 70 at tenth 3 with 100 accepted: the window holds 100 until tenth 0 ages out
+        // (tenth 10); from then on 70 + 7, 40 + 14, 10 + 21 and 0 + 28 all stay under 100.
+        assert_eq!(
+            c.until_fits(3, 70.0, 100.0),
+            Some(Duration::from_millis(700))
+        );
+        // Under 90 (the margin): the same, since 70 + 7 < 90.
+        assert_eq!(
+            c.until_fits(3, 70.0, 90.0),
+            Some(Duration::from_millis(700))
+        );
+        // Nothing in the window: no wait at all.
+        assert_eq!(SlidingCount::default().until_fits(3, 70.0, 100.0), None);
+        // Nothing fits a limit of 1 until every bucket has aged out.
+        assert_eq!(c.until_fits(3, 0.5, 1.0), Some(Duration::from_millis(1000)));
+
+        // A steady 100/s (10 per tenth) cut to 70, resuming under 90: two tenths age out
+        // (80 < 90), and from then on the old calls leave faster than the new ones arrive.
+        let mut steady = SlidingCount::default();
+        for t in 0..10 {
+            for _ in 0..10 {
+                steady.add(t);
+            }
+        }
+        assert_eq!(
+            steady.until_fits(9, 70.0, 90.0),
+            Some(Duration::from_millis(200))
+        );
     }
 }

@@ -35,6 +35,10 @@ pub(crate) const CATCH_UP: Duration = Duration::from_millis(50);
 pub(crate) const OVERLOAD_SHARE: f64 = 0.1;
 /// ... and at least this many of them.
 pub(crate) const OVERLOAD_MIN: u32 = 3;
+/// After a cut, calls resume once the calls still in the gateway's second plus the new ones
+/// stay under this share of what it accepted: the gateway also counts the calls in flight,
+/// whose answers are not in the count yet.
+pub(crate) const HOLD_OFF_MARGIN: f64 = 0.9;
 
 /// What a budget holds to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,7 +238,10 @@ impl Budget {
         // calls sent before enough of them age out would be throttled too, and each such
         // signal would cut again, down to the floor. Hold off until the calls accepted within
         // the last second fit the new rate.
-        if let Some(wait) = self.accepted.until_below(tenth, rate) {
+        if let Some(wait) =
+            self.accepted
+                .until_fits(tenth, rate, accepted.max(rate) * HOLD_OFF_MARGIN)
+        {
             self.hold_off(now + wait);
         }
         Some(rate)

@@ -3,7 +3,6 @@
 //! reload), pace until the budgets open, or stop; then one `select!` waits for it. Each call
 //! is its own task; its answer comes back as a [`CallResult`] and is acted on here.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +11,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::abort::Aborts;
 use super::buffer::{Buffer, Took};
 use super::pause::{Gate, PauseReason, Pauses};
 use super::recorder::{Done, Unrecorded};
+use super::runs::RunGate;
 use super::stats::Shared;
 use super::RunOptions;
 use crate::api::http::StampedEmpty;
@@ -29,7 +28,6 @@ use crate::outcome::{
 };
 use crate::pacing::{Acquired, Ceilings, Pacer, Permit, Route};
 use crate::store::jobs::Completion;
-use crate::store::run_records::{self, RunControls};
 use crate::store::Store;
 
 /// The longest a wait lasts: the turn of the loop is the watchdog's pulse.
@@ -80,17 +78,8 @@ pub(crate) struct Dispatcher {
     fatal: watch::Receiver<Option<String>>,
     /// Tells of renewed credentials (and of their status changing).
     credentials: watch::Receiver<crate::credentials::State>,
-    /// The runs' controls from the database: paused runs (their claimed jobs go back, and no
-    /// call goes for them) and the runs' own abort shares.
-    runs_rx: watch::Receiver<RunControls>,
-    paused_runs: BTreeSet<String>,
-    abort_share: BTreeMap<String, f64>,
-    /// The abort rule's windows.
-    aborts: Aborts,
-    /// Runs the abort rule paused whose pause the database may not hold yet.
-    tripped: BTreeSet<String>,
-    /// The writes of those pauses.
-    pause_writes: Vec<JoinHandle<()>>,
+    /// Which runs are paused, and the abort rule.
+    runs: RunGate,
     shared: Shared,
 }
 
@@ -114,17 +103,7 @@ impl Dispatcher {
             credentials: client.credentials().subscribe(),
             pauses: Pauses::new(limits.pause_probe),
             probe: shared.probe(),
-            runs_rx: {
-                // What the runs were at start is taken at the first step.
-                let mut rx = shared.runs();
-                rx.mark_changed();
-                rx
-            },
-            paused_runs: BTreeSet::new(),
-            abort_share: BTreeMap::new(),
-            aborts: Aborts::default(),
-            tripped: BTreeSet::new(),
-            pause_writes: Vec::new(),
+            runs: RunGate::new(&shared),
             limits_rx,
             store,
             client,
@@ -177,7 +156,7 @@ impl Dispatcher {
                         _ = self.probe.notified() => self.pauses.probe_now(std::time::Instant::now()),
                         _ = self.fatal.changed() => {}
                         _ = self.credentials.changed() => { self.credentials.borrow_and_update(); }
-                        _ = self.runs_rx.changed() => {}
+                        _ = self.runs.changed() => {}
                         _ = &mut *recorder => {}
                         _ = shutdown.cancelled() => {}
                         _ = tokio::time::sleep_until(until) => self.buffer.wake(),
@@ -219,8 +198,8 @@ impl Dispatcher {
         if self.limits_rx.has_changed().unwrap_or(false) {
             self.reload();
         }
-        if self.runs_rx.has_changed().unwrap_or(false) {
-            self.take_run_controls();
+        if self.runs.refresh() {
+            self.release_paused_runs();
         }
         let now = Instant::now();
         let longest = now + LONGEST_WAIT;
@@ -508,68 +487,25 @@ impl Dispatcher {
         self.finish(completion, false);
     }
 
-    /// The runs' controls the heartbeat read: pauses (with those the abort rule made until
-    /// the database holds them) and abort shares.
-    fn take_run_controls(&mut self) {
-        let controls = self.runs_rx.borrow_and_update().clone();
-        self.tripped
-            .retain(|run| !controls.paused.contains_key(run));
-        for run in controls.paused.keys() {
-            if !self.paused_runs.contains(run) {
-                self.aborts.reset(run);
-            }
-        }
-        self.paused_runs = controls.paused.into_keys().collect();
-        self.paused_runs.extend(self.tripped.iter().cloned());
-        self.abort_share = controls.abort_share;
-        self.release_paused_runs();
-    }
-
-    /// Counts a final answer for the abort rule; pauses the run when it trips.
+    /// Counts a final answer for the abort rule; when it pauses the run, its claimed jobs go
+    /// back at once.
     fn abort_rule(&mut self, run: &str, status: Status, code: Option<&str>) {
         let limits = &self.settings.limits;
-        let share = self
-            .abort_share
-            .get(run)
-            .copied()
-            .unwrap_or(limits.abort_failure_share);
-        let Some(reason) = self
-            .aborts
-            .record(run, status, code, share, limits.abort_min_answers)
-        else {
-            return;
-        };
-        tracing::warn!(run = %run, "pausing the run: {reason}; `deregd resume --run` when the cause is fixed");
-        self.tripped.insert(run.to_string());
-        self.paused_runs.insert(run.to_string());
-        self.release_paused_runs();
-        self.shared.update(|s| {
-            s.paused_runs.insert(run.to_string(), reason.clone());
-        });
-        let (store, run) = (self.store.clone(), run.to_string());
-        self.pause_writes.retain(|w| !w.is_finished());
-        self.pause_writes.push(tokio::spawn(async move {
-            let mut warned = false;
-            // Retried for as long as it takes: until it lands, this process holds the run
-            // paused itself, and its claims return the run's jobs at once.
-            while let Err(e) = run_records::pause(&store, &run, &reason).await {
-                if !warned {
-                    tracing::warn!(run = %run, error = %e, "could not record the run's pause yet; retrying");
-                    warned = true;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }));
+        if let Some(reason) = self.runs.answer(&self.store, run, status, code, limits) {
+            self.release_paused_runs();
+            self.shared.update(|s| {
+                s.paused_runs.insert(run.to_string(), reason);
+            });
+        }
     }
 
     /// Returns the buffered jobs of paused runs to pending (calls in flight finish).
     fn release_paused_runs(&mut self) {
-        if self.paused_runs.is_empty() {
+        if self.runs.paused().is_empty() {
             return;
         }
-        let paused = std::mem::take(&mut self.paused_runs);
+        let paused = self.runs.paused().clone();
         self.release(|j| paused.contains(&j.run));
-        self.paused_runs = paused;
     }
 
     /// Returns the buffered jobs `which` picks to pending.
@@ -642,12 +578,7 @@ impl Dispatcher {
             self.handle(result);
         }
         self.release(|_| true);
-        // The abort rule's pauses must reach the database, or the next start would go on.
-        for write in std::mem::take(&mut self.pause_writes) {
-            if tokio::time::timeout_at(deadline, write).await.is_err() {
-                tracing::warn!("a run paused by the abort rule could not be recorded before the stop deadline; pause it with `deregd pause --run`");
-            }
-        }
+        self.runs.drain(deadline).await;
     }
 }
 
@@ -675,6 +606,7 @@ fn log_outcome(job: &Job, outcome: &Outcome, completion: &Completion) {
 mod tests {
     use super::*;
     use onsmqtt_emulator::{Emulator, EmulatorSettings};
+    use std::collections::BTreeMap;
 
     #[tokio::test]
     async fn with_the_recorder_gone_not_one_call_goes_out() {

@@ -11,6 +11,7 @@ mod dispatch;
 mod heartbeat;
 mod pause;
 mod recorder;
+mod runs;
 mod stats;
 
 use std::time::Duration;

@@ -59,19 +59,12 @@ async fn throttling_cuts_the_rate_which_settles_near_the_gateway_limit() {
         last - Duration::from_secs(1),
     );
     assert!((70.0..=100.0).contains(&settled), "settled at {settled}/s");
-    // No cascade of cuts down towards the floor. One throttle cuts to 0.7 of what the gateway
-    // accepted and holds off until the last second fits the cut rate, so the second it falls
-    // in keeps 30 to 50 calls depending on where in it the cut came; a second cut on top would
-    // leave under a quarter of the gateway's rate, and a cascade would leave two slow seconds
-    // in a row.
+    // No cascade of cuts down towards the floor: after the first second, every full second
+    // keeps a good part of the gateway's rate.
     let full = &per_second[1..per_second.len() - 1];
     assert!(
-        full.iter().all(|r| *r >= 25.0),
-        "a second fell below 25/s: {per_second:?}"
-    );
-    assert!(
-        full.windows(2).all(|w| w[0] + w[1] >= 90.0),
-        "two seconds in a row averaged under 45/s: {per_second:?}"
+        full.iter().all(|r| *r >= 40.0),
+        "a second fell below 40/s: {per_second:?}"
     );
 }
 
