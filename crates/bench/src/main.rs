@@ -261,6 +261,10 @@ fn try_main() -> Result<()> {
             &ours,
             &floor,
             median(&ratios),
+            runs.iter()
+                .map(PacingRun::plan_ratio)
+                .collect::<Option<Vec<f64>>>()
+                .map(|r| median(&r)),
             theirs.as_ref(),
         );
         if runs.len() > 1 {
@@ -270,11 +274,16 @@ fn try_main() -> Result<()> {
             report.detail(format!(
                 "pacing {cap}/s, deregd's {} runs (the table has each figure's median): \
                  rate/cap {}; largest sliding second {}; CPU per call {} ms; \
+                 planned ETA / measured {}; \
                  the floor run after each: CPU per call {} ms, deregd / floor {}",
                 runs.len(),
                 list(&runs, &|r| format!("{:.4}", r.rate / cap as f64)),
                 list(&runs, &|r| r.max_sliding.to_string()),
                 list(&runs, &|r| format!("{:.3}", r.cpu_per_call_ms())),
+                list(&runs, &|r| format!(
+                    "{:.3}",
+                    r.plan_ratio().unwrap_or(f64::NAN)
+                )),
                 list(&floors, &|r| format!("{:.3}", r.cpu_per_call_ms())),
                 ratios
                     .iter()
@@ -339,12 +348,21 @@ struct PacingRun {
     rate: f64,
     max_sliding: u64,
     cpu_s: f64,
+    /// From the client's start to its exit, seconds.
+    wall_s: f64,
+    /// deregd only: the ETA `deregd plan` gave before the run, seconds.
+    planned_s: Option<f64>,
     /// SDK only: failed calls it never retried.
     not_retried: Option<u64>,
 }
 
 impl PacingRun {
-    fn from_stats(stats: &Value, cpu_s: f64, not_retried: Option<u64>) -> Result<PacingRun> {
+    fn from_stats(
+        stats: &Value,
+        cpu_s: f64,
+        wall_s: f64,
+        not_retried: Option<u64>,
+    ) -> Result<PacingRun> {
         let calls = num(stats, "total_requests")?;
         let first = num(stats, "first_arrival_unix_us")?;
         let last = num(stats, "last_arrival_unix_us")?;
@@ -356,12 +374,19 @@ impl PacingRun {
             rate: (calls - 1) as f64 / ((last - first) as f64 / 1e6),
             max_sliding: num(stats, "max_arrivals_per_sliding_second")?,
             cpu_s,
+            wall_s,
+            planned_s: None,
             not_retried,
         })
     }
 
     fn cpu_per_call_ms(&self) -> f64 {
         self.cpu_s * 1000.0 / self.calls as f64
+    }
+
+    /// The planned ETA over the measured duration.
+    fn plan_ratio(&self) -> Option<f64> {
+        self.planned_s.map(|p| p / self.wall_s)
     }
 
     /// Each figure's median over `runs` (an odd number), each taken on its own; throttled
@@ -377,6 +402,11 @@ impl PacingRun {
             rate: mid(runs, |r| r.rate),
             max_sliding: mid(runs, |r| r.max_sliding),
             cpu_s: mid(runs, |r| r.cpu_s),
+            wall_s: mid(runs, |r| r.wall_s),
+            planned_s: runs
+                .iter()
+                .all(|r| r.planned_s.is_some())
+                .then(|| mid(runs, |r| r.planned_s.unwrap_or(0.0))),
             not_retried: None,
         }
     }
@@ -392,7 +422,8 @@ fn median<T: Copy + PartialOrd>(values: &[T]) -> T {
 fn pacing_deregd(dir: &Path, ids: &Path, jobs: usize, cap: u32, n: usize) -> Result<PacingRun> {
     let db = dir.join(format!("pacing-{cap}-{n}.db"));
     submit(&db, ids, "pacing")?;
-    paced_client(
+    let planned = planned_eta(&db, cap, "pacing")?;
+    let mut run = paced_client(
         dir,
         &format!("run-{cap}-{n}"),
         jobs,
@@ -403,7 +434,27 @@ fn pacing_deregd(dir: &Path, ids: &Path, jobs: usize, cap: u32, n: usize) -> Res
             cmd.args(["run", "--until-empty"]);
             cmd
         },
-    )
+    )?;
+    run.planned_s = Some(planned);
+    Ok(run)
+}
+
+/// The ETA `deregd plan --json` gives `run` at `cap` (the settings the run then uses).
+fn planned_eta(db: &Path, cap: u32, run: &str) -> Result<f64> {
+    let out = deregd(db, None, cap)
+        .args(["plan", "--json", "--run", run])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "deregd plan failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout)?;
+    plan["runs"][0]["estimate"]["eta_secs"]
+        .as_f64()
+        .context("deregd plan --json has no runs[0].estimate.eta_secs")
 }
 
 /// The floor run at `cap`: [`floor_client`] as its own process.
@@ -432,16 +483,18 @@ fn paced_client(
     command: impl FnOnce(&EmulatorProc) -> Command,
 ) -> Result<PacingRun> {
     let emulator = EmulatorProc::start(dir, name)?;
+    let started = Instant::now();
     let child = command(&emulator).stderr(log_file(dir, name)?).spawn()?;
     let limit = Duration::from_secs_f64(jobs as f64 / cap as f64 * 3.0 + 60.0);
     let reaped = wait_reaped(child, limit)?;
+    let wall_s = started.elapsed().as_secs_f64();
     ensure!(
         reaped.code == 0,
         "{name} exited with {} (see {name}.log)",
         reaped.code
     );
     let stats = emulator.stop()?;
-    let run = PacingRun::from_stats(&stats, reaped.cpu_s, None)?;
+    let run = PacingRun::from_stats(&stats, reaped.cpu_s, wall_s, None)?;
     let done = if all_succeed {
         run.successes
     } else {
@@ -565,6 +618,7 @@ fn floor_client(args: &[String]) -> Result<()> {
 
 fn pacing_sdk(dir: &Path, python: &Path, ids: &Path, jobs: usize, cap: u32) -> Result<PacingRun> {
     let emulator = EmulatorProc::start(dir, &format!("sdk-{cap}"))?;
+    let started = Instant::now();
     let script = Path::new(ROOT).join("bench/sdk_baseline.py");
     let mut child = Command::new(python)
         .arg(script)
@@ -583,6 +637,7 @@ fn pacing_sdk(dir: &Path, python: &Path, ids: &Path, jobs: usize, cap: u32) -> R
         .read_to_string(&mut out)?;
     let limit = Duration::from_secs_f64(jobs as f64 / cap as f64 * 3.0 + 120.0);
     let reaped = wait_reaped(child, limit)?;
+    let wall_s = started.elapsed().as_secs_f64();
     ensure!(
         reaped.code == 0,
         "the SDK baseline exited with {} (see sdk-{cap}.log)",
@@ -594,7 +649,12 @@ fn pacing_sdk(dir: &Path, python: &Path, ids: &Path, jobs: usize, cap: u32) -> R
         "SDK baseline skipped ids"
     );
     let stats = emulator.stop()?;
-    PacingRun::from_stats(&stats, reaped.cpu_s, Some(num(&summary, "not_retried")?))
+    PacingRun::from_stats(
+        &stats,
+        reaped.cpu_s,
+        wall_s,
+        Some(num(&summary, "not_retried")?),
+    )
 }
 
 fn report_pacing(
@@ -603,6 +663,7 @@ fn report_pacing(
     ours: &PacingRun,
     floor: &PacingRun,
     floor_ratio: f64,
+    plan_ratio: Option<f64>,
     theirs: Option<&PacingRun>,
 ) {
     let b = format!("Pacing @ {cap}/s");
@@ -632,6 +693,18 @@ fn report_pacing(
         "0",
         Some(ours.throttled == 0),
     );
+    if let (Some(planned), Some(ratio)) = (ours.planned_s, plan_ratio) {
+        report.add(
+            &b,
+            "deregd plan: planned ETA / measured duration (median of runs)",
+            format!(
+                "{ratio:.3} (planned {planned:.1} s, ran {:.1} s start to exit)",
+                ours.wall_s
+            ),
+            "0.90-1.10",
+            Some((0.9..=1.1).contains(&ratio)),
+        );
+    }
     report.add(
         &b,
         "deregd CPU per call",
@@ -800,7 +873,8 @@ async fn headroom(dir: &Path, label: &str, jobs: usize, batch: i64) -> Result<f6
     let started = Instant::now();
     let mut done = 0usize;
     loop {
-        let claimed = jobs::claim(&db, owner, batch, now_ms() + 60_000, &[]).await?;
+        let claimed =
+            jobs::claim(&db, owner, batch, now_ms() + 60_000, &Default::default()).await?;
         if claimed.is_empty() {
             break;
         }

@@ -34,9 +34,29 @@ pub fn format_ms(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// A duration for people: `45s`, `12m 5s`, `3h 20m`, `2d 4h`.
+pub fn human_duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d {}h", secs / 86400, secs % 86400 / 3600),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(-3), "0s");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(725), "12m 5s");
+        assert_eq!(human_duration(12_000), "3h 20m");
+        assert_eq!(human_duration(187_200), "2d 4h");
+    }
 
     #[test]
     fn the_clock_starts_at_the_wall_clock_and_never_goes_back() {

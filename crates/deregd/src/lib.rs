@@ -25,6 +25,7 @@ pub(crate) mod pacing;
 pub mod plan;
 pub(crate) mod registry;
 pub(crate) mod retry;
+pub mod schedule;
 pub mod store;
 pub(crate) mod systemd;
 pub(crate) mod telemetry;

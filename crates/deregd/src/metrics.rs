@@ -247,6 +247,23 @@ pub(crate) fn render(stats: &DispatchStats, jobs: Option<&JobCounts>) -> String 
             escape(run)
         ));
     }
+    for run in stats.runs_outside_window.keys() {
+        lines.push(format!(
+            "{name}{{scope=\"run\",run=\"{}\",code=\"OutsideWindow\"}} 1",
+            escape(run)
+        ));
+    }
+    flush(&mut out, &mut lines);
+    let name = header(
+        &mut out,
+        "deregd_maintenance_window_open",
+        "gauge",
+        "1 inside worker.windows (or with none), 0 outside them: no call then.",
+    );
+    lines.push(format!(
+        "{name} {}",
+        u8::from(stats.outside_window.is_none())
+    ));
     flush(&mut out, &mut lines);
     let name = header(
         &mut out,

@@ -5,11 +5,15 @@
 //! The ETA is the shortest time the budgets allow: the account ceiling (`limits.qps`, or the
 //! source addresses' budgets when they are lower) over every job, and each capped instance
 //! over its own jobs; the slowest bound wins and is named. Calls are paced so that this is
-//! what a run takes when every call succeeds at the first try; retries add to it.
+//! what a run takes when every call succeeds at the first try; retries add to it. Under
+//! maintenance windows the calls go only inside them: the ETA is the time until the windows
+//! have held that much calling time, and the windows are the bound when they add to it.
 
 use std::collections::BTreeMap;
 
+use crate::clock::human_duration;
 use crate::config::LimitsSettings;
+use crate::schedule::Schedule;
 
 /// Open jobs above which an instance without a cap is worth a warning.
 pub const UNCAPPED_WARN_JOBS: i64 = 10_000;
@@ -68,9 +72,14 @@ impl Budgets {
 pub struct Estimate {
     /// Calls still to make (one per open job).
     pub calls: i64,
+    /// Until the last call, seconds: the calling time, stretched by the maintenance windows.
     pub eta_secs: f64,
+    /// The calling time alone, seconds.
+    pub call_secs: f64,
     /// The bound that sets the ETA, in words (`instance post-cn-x capped at 50/s`).
     pub bound: String,
+    /// The maintenance windows the calls go in (`Mon-Fri 01:00-06:00 (UTC)`); null: any time.
+    pub windows: Option<String>,
     pub instances: Vec<InstanceLoad>,
 }
 
@@ -116,9 +125,32 @@ pub fn estimate(open: &BTreeMap<String, i64>, budgets: &Budgets) -> Estimate {
     Estimate {
         calls,
         eta_secs: eta,
+        call_secs: eta,
         bound,
+        windows: None,
         instances,
     }
+}
+
+/// `estimate` when its calls start at `now` (unix ms) and go only inside `schedule`'s windows.
+pub fn under_windows(mut estimate: Estimate, schedule: &Schedule, now: i64) -> Estimate {
+    if schedule.is_always() || estimate.calls == 0 {
+        return estimate;
+    }
+    let call_ms = (estimate.call_secs * 1000.0).ceil() as i64;
+    let end = schedule.finish_after(now, call_ms);
+    estimate.eta_secs = (end - now) as f64 / 1000.0;
+    estimate.windows = Some(schedule.describe());
+    if end - now > call_ms {
+        estimate.bound = format!(
+            "the maintenance windows {}, the last call {}; {} of calls under {}",
+            schedule.describe(),
+            schedule.local_text(end),
+            human_duration(estimate.call_secs.ceil() as i64),
+            estimate.bound
+        );
+    }
+    estimate
 }
 
 /// Warnings about the budgets themselves.
@@ -197,6 +229,29 @@ mod tests {
         assert!(e.bound.contains("source address"), "{}", e.bound);
         b.sources = 2;
         assert_eq!(b.ceiling().0, 400.0);
+    }
+
+    #[test]
+    fn windows_stretch_the_eta_and_become_the_bound() {
+        // 2026-12-02 00:00 UTC, a Wednesday; a window of one hour a day from 01:00.
+        let wed = 1_796_169_600_000;
+        let windows = Schedule::parse(&["daily 01:00-02:00".into()], "UTC").unwrap();
+        // 2 h of calls at 200/s: Wednesday's hour and Thursday's.
+        let e = estimate(&open(&[("a", 1_440_000)]), &budgets(200, &[]));
+        assert_eq!(e.call_secs, 7200.0);
+        let e = under_windows(e, &windows, wed);
+        assert_eq!(e.eta_secs, 86_400.0 + 7_200.0);
+        assert_eq!(e.call_secs, 7200.0);
+        assert!(
+            e.bound.starts_with("the maintenance windows daily 01:00-02:00 (UTC), the last call Thu 02:00 UTC; 2h 0m of calls under the account ceiling"),
+            "{}",
+            e.bound
+        );
+        // Inside a window long enough, the bound stays what it was.
+        let e = estimate(&open(&[("a", 2000)]), &budgets(200, &[]));
+        let e = under_windows(e, &windows, wed + 3_600_000);
+        assert_eq!((e.eta_secs, e.bound.contains("limits.qps")), (10.0, true));
+        assert!(e.windows.is_some());
     }
 
     #[test]

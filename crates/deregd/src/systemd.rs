@@ -125,7 +125,10 @@ pub(crate) async fn status_line(db: &Store, shared: &Shared, calls_per_second: f
     if let Some(p) = paused {
         return format!("paused: {p}");
     }
-    let mut line = format!("{calls_per_second:.0} calls/s (ceiling {ceiling:.0})");
+    let mut line = match &stats.outside_window {
+        Some(outside) => format!("{outside}; {calls_per_second:.0} calls/s"),
+        None => format!("{calls_per_second:.0} calls/s (ceiling {ceiling:.0})"),
+    };
     match crate::store::jobs::summary(db).await {
         Ok(summary) => {
             line.push_str(&format!(", {} pending", summary.pending));
@@ -140,6 +143,9 @@ pub(crate) async fn status_line(db: &Store, shared: &Shared, calls_per_second: f
     }
     for (run, why) in &stats.paused_runs {
         line.push_str(&format!("; run '{run}' paused: {why}"));
+    }
+    for (run, why) in &stats.runs_outside_window {
+        line.push_str(&format!("; run '{run}' {why}"));
     }
     line
 }

@@ -83,29 +83,27 @@ pub fn write_json(out: &mut impl Write, value: &impl serde::Serialize) -> anyhow
     Ok(())
 }
 
-/// A duration for people: `45s`, `12m 5s`, `3h 20m`, `2d 4h`.
-pub fn human_duration(secs: i64) -> String {
-    let secs = secs.max(0);
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
-        3600..86400 => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
-        _ => format!("{}d {}h", secs / 86400, secs % 86400 / 3600),
+pub use crate::clock::human_duration;
+
+/// The counts of `run` (every run when `None`); a named run without jobs is a usage error.
+pub(crate) async fn run_counts(
+    db: &Store,
+    run: Option<&str>,
+) -> anyhow::Result<Vec<crate::store::runs::RunCounts>> {
+    let filter = crate::store::runs::Filter {
+        run: run.map(str::to_string),
+        ..crate::store::runs::Filter::default()
+    };
+    let counts = crate::store::runs::counts(db, &filter).await?;
+    if let (Some(run), true) = (run, counts.is_empty()) {
+        return Err(UsageError(format!("no jobs in run {run:?}")).into());
     }
+    Ok(counts)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(human_duration(-3), "0s");
-        assert_eq!(human_duration(59), "59s");
-        assert_eq!(human_duration(725), "12m 5s");
-        assert_eq!(human_duration(12_000), "3h 20m");
-        assert_eq!(human_duration(187_200), "2d 4h");
-    }
 
     #[test]
     fn a_closed_pipe_is_recognised_through_context() {

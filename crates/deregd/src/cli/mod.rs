@@ -19,6 +19,7 @@ pub mod plan;
 pub mod report;
 pub mod requeue;
 pub mod run;
+pub mod schedule;
 pub mod status;
 pub mod submit;
 pub(crate) mod submit_group;
@@ -75,6 +76,8 @@ pub enum Command {
     Pause(pause::PauseArgs),
     /// Resume a paused run.
     Resume(pause::ResumeArgs),
+    /// Give a run its own maintenance windows (or show the ones it is under).
+    Schedule(schedule::ScheduleArgs),
     /// Return failed (or cancelled) jobs of a run to pending.
     Requeue(requeue::RequeueArgs),
 }
@@ -133,6 +136,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(args) => plan::run(settings, args).await,
         Command::Pause(args) => pause::pause(settings, args).await,
         Command::Resume(args) => pause::resume(settings, args).await,
+        Command::Schedule(args) => schedule::run(settings, args).await,
         Command::Requeue(args) => requeue::run(settings, args).await,
         Command::Emulator(_) => unreachable!("handled above"),
     }

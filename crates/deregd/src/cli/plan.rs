@@ -8,7 +8,7 @@ use std::io::Write;
 use clap::Args;
 
 use crate::cli::common::{self, check_run, human_duration};
-use crate::cli::UsageError;
+use crate::cli::schedule::effective;
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::plan::{self, Budgets, Estimate, OLD_JOB_DAYS};
@@ -30,6 +30,8 @@ pub struct PlanArgs {
 pub struct RunPlan {
     pub run: String,
     pub state: Option<RunState>,
+    /// Whether the run has maintenance windows of its own (else `worker.windows` apply).
+    pub own_windows: bool,
     /// Jobs by status, every status present.
     pub counts: BTreeMap<&'static str, i64>,
     /// The run alone under the budgets.
@@ -70,15 +72,10 @@ async fn make(
     settings: &Settings,
     run: Option<&str>,
 ) -> anyhow::Result<Plan> {
-    let filter = runs::Filter {
-        run: run.map(str::to_string),
-        ..runs::Filter::default()
-    };
-    let counts = runs::counts(db, &filter).await?;
-    if let (Some(run), true) = (run, counts.is_empty()) {
-        return Err(UsageError(format!("no jobs in run {run:?}")).into());
-    }
+    let counts = common::run_counts(db, run).await?;
     let budgets = Budgets::from_limits(&settings.limits, settings.api.source_addresses.len());
+    let configured = settings.worker.schedule()?;
+    let now = now_ms();
     let (ceiling_calls_per_sec, ceiling) = budgets.ceiling();
     let mut per_run: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     let mut all: BTreeMap<String, i64> = BTreeMap::new();
@@ -99,20 +96,26 @@ async fn make(
         if open.is_empty() && run.is_none() {
             continue;
         }
-        let state = run_records::get(db, &label).await?.map(|r| r.state);
+        let record = run_records::get(db, &label).await?;
+        let state = record.as_ref().map(|r| r.state);
+        let (windows, own_windows) = effective(
+            &configured,
+            record.as_ref().and_then(|r| r.windows.as_deref()),
+        );
         if state == Some(RunState::Paused) {
             warnings.push(format!(
                 "run {label:?} is paused: none of it goes until `deregd resume --run {label}`"
             ));
         }
         plans.push(RunPlan {
-            estimate: plan::estimate(&open, &budgets),
+            estimate: plan::under_windows(plan::estimate(&open, &budgets), &windows, now),
+            own_windows,
             run: label,
             state,
             counts,
         });
     }
-    let month_ago = now_ms() - OLD_JOB_DAYS * 86_400_000;
+    let month_ago = now - OLD_JOB_DAYS * 86_400_000;
     for (label, n) in runs::open_created_before(db, run, month_ago).await? {
         warnings.push(format!(
             "run {label:?} has {n} open jobs queued more than {OLD_JOB_DAYS} days ago: is the list still right?"
@@ -121,7 +124,7 @@ async fn make(
     Ok(Plan {
         ceiling_calls_per_sec,
         ceiling,
-        all: plan::estimate(&all, &budgets),
+        all: plan::under_windows(plan::estimate(&all, &budgets), &configured, now),
         runs: plans,
         warnings,
     })
@@ -174,6 +177,13 @@ fn print_estimate(out: &mut impl Write, e: &Estimate) -> anyhow::Result<()> {
         human_duration(e.eta_secs.ceil() as i64),
         e.bound
     )?;
+    if let Some(windows) = &e.windows {
+        writeln!(
+            out,
+            "  windows:  {windows}: {} of calls inside them",
+            human_duration(e.call_secs.ceil() as i64)
+        )?;
+    }
     for i in &e.instances {
         writeln!(
             out,

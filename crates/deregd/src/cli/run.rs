@@ -131,7 +131,12 @@ impl Signals {
 fn reload(shared: &Shared, config: Option<&std::path::Path>) {
     systemd::reloading();
     match Settings::load(config) {
-        Ok(settings) => shared.reload(settings.limits),
+        Ok(settings) => {
+            if let Ok(schedule) = settings.worker.schedule() {
+                shared.reload_schedule(schedule);
+            }
+            shared.reload(settings.limits);
+        }
         Err(e) => {
             tracing::error!(error = %e, "SIGHUP: configuration not reloaded; keeping the current limits");
             // Even without new limits, a reload probes a paused dispatch at once.

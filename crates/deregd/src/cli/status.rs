@@ -8,9 +8,10 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::cli::common::{self, check_run, human_duration};
-use crate::cli::UsageError;
+use crate::cli::schedule::{effective, window_state_text};
 use crate::clock::{format_ms, now_ms};
 use crate::config::Settings;
+use crate::schedule::Schedule;
 use crate::store::dispatcher;
 use crate::store::groups::{self as run_groups, RunGroup};
 use crate::store::run_records::{self, RunRecord, RunState};
@@ -104,17 +105,21 @@ pub struct RunStatus {
     pub last_verification: Option<Verification>,
     /// The run's record: created when, by whom and from what; its state and why.
     pub record: Option<RunRecord>,
+    /// The maintenance windows it is under and whether they are open now (`outside
+    /// maintenance window, next opens Tue 01:00 CST`); null when calls may go at any time.
+    pub window: Option<String>,
 }
 
 pub async fn run(settings: Settings, args: StatusArgs) -> anyhow::Result<()> {
     if let Some(run) = &args.run {
         check_run(run)?;
     }
+    let schedule = settings.worker.schedule()?;
     let db = common::open_existing(&settings).await?;
     let result = if args.watch {
-        watch(&db, &args).await
+        watch(&db, &schedule, &args).await
     } else {
-        match snapshot(&db, args.run.as_deref()).await {
+        match snapshot(&db, &schedule, args.run.as_deref()).await {
             Ok(snap) => print(&snap, args.json),
             Err(e) => Err(e),
         }
@@ -124,19 +129,16 @@ pub async fn run(settings: Settings, args: StatusArgs) -> anyhow::Result<()> {
 }
 
 /// Takes one snapshot; an unknown `--run` is a usage error.
-pub async fn snapshot(db: &Store, run: Option<&str>) -> anyhow::Result<Snapshot> {
-    let filter = runs::Filter {
-        run: run.map(str::to_string),
-        ..runs::Filter::default()
-    };
-    let counts = runs::counts(db, &filter).await?;
-    if let (Some(run), true) = (run, counts.is_empty()) {
-        return Err(UsageError(format!("no jobs in run {run:?}")).into());
-    }
+pub async fn snapshot(
+    db: &Store,
+    schedule: &Schedule,
+    run: Option<&str>,
+) -> anyhow::Result<Snapshot> {
+    let counts = common::run_counts(db, run).await?;
     let now = now_ms();
     let mut statuses = Vec::with_capacity(counts.len());
     for c in counts {
-        statuses.push(run_status(db, c).await?);
+        statuses.push(run_status(db, schedule, c).await?);
     }
     // Newest first; a run no dispatcher has seen yet (inserted by SQL) counts as newest.
     statuses
@@ -172,7 +174,11 @@ pub async fn snapshot(db: &Store, run: Option<&str>) -> anyhow::Result<Snapshot>
     })
 }
 
-async fn run_status(db: &Store, counts: RunCounts) -> anyhow::Result<RunStatus> {
+async fn run_status(
+    db: &Store,
+    schedule: &Schedule,
+    counts: RunCounts,
+) -> anyhow::Result<RunStatus> {
     let progress = runs::progress(db, &counts.run, WINDOW_MS).await?;
     let top_codes = runs::top_codes(db, &counts.run, TOP_CODES).await?;
     let groups = run_groups::of_run(db, &counts.run).await?;
@@ -189,7 +195,16 @@ async fn run_status(db: &Store, counts: RunCounts) -> anyhow::Result<RunStatus> 
         (_, true) => Some((open as f64 / per_sec).ceil() as i64),
         (_, false) => None,
     };
+    let (under, _) = effective(schedule, record.as_ref().and_then(|r| r.windows.as_deref()));
+    let window = (!under.is_always() && open > 0).then(|| {
+        format!(
+            "{}: {}",
+            under.describe(),
+            window_state_text(&under, now_ms())
+        )
+    });
     Ok(RunStatus {
+        window,
         total: counts.total(),
         open,
         finished_last_minute: progress.finished_in_window,
@@ -247,6 +262,9 @@ fn print(snap: &Snapshot, json: bool) -> anyhow::Result<()> {
             .map(|(s, n)| format!("{s} {n}"))
             .collect();
         writeln!(out, "  status:     {}", counts.join(", "))?;
+        if let Some(window) = &run.window {
+            writeln!(out, "  windows:    {window}")?;
+        }
         writeln!(
             out,
             "  rate:       {} finished in the last 60 s ({:.2}/s); ETA {}",
@@ -372,7 +390,7 @@ fn summary(snap: &Snapshot) -> (i64, i64, String) {
     (total, open, text)
 }
 
-async fn watch(db: &Store, args: &StatusArgs) -> anyhow::Result<()> {
+async fn watch(db: &Store, schedule: &Schedule, args: &StatusArgs) -> anyhow::Result<()> {
     let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -384,7 +402,7 @@ async fn watch(db: &Store, args: &StatusArgs) -> anyhow::Result<()> {
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         let started = std::time::Instant::now();
-        let snap = snapshot(db, args.run.as_deref()).await?;
+        let snap = snapshot(db, schedule, args.run.as_deref()).await?;
         // On millions of rows a snapshot costs a few hundred ms of CPU: refresh no more often
         // than every 4x that, so watching never takes more than a fifth of a core.
         let pause = REFRESH.max(started.elapsed() * 4);

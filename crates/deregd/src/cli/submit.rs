@@ -37,6 +37,10 @@ pub struct SubmitArgs {
     /// of its last `limits.abort_min_answers` final answers failed.
     #[arg(long, value_name = "SHARE", value_parser = parse_share)]
     pub abort_share: Option<f64>,
+    /// The run's own maintenance window, over `worker.windows` (repeatable): like
+    /// "Mon-Fri 01:00-06:00", read in `worker.timezone`.
+    #[arg(long = "window", value_name = "SPEC", value_parser = parse_window)]
+    pub windows: Vec<String>,
     /// One ClientId per line, or CSV with the header `instance_id,client_id`; `-` or nothing
     /// reads standard input.
     #[arg(value_name = "FILE|-")]
@@ -47,6 +51,23 @@ fn parse_share(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
         _ => Err(format!("{text:?} is not a share between 0.0 and 1.0")),
+    }
+}
+
+/// A window spec, checked as `--window` takes it.
+pub(crate) fn parse_window(text: &str) -> Result<String, String> {
+    crate::schedule::Schedule::check_spec(text)
+        .map(|()| text.trim().to_string())
+        .map_err(|e| e.to_string())
+}
+
+impl SubmitArgs {
+    /// The run's own settings this submit sets.
+    pub(crate) fn own(&self) -> run_records::OwnSettings {
+        run_records::OwnSettings {
+            abort_share: self.abort_share,
+            windows: (!self.windows.is_empty()).then(|| self.windows.clone()),
+        }
     }
 }
 
@@ -83,7 +104,7 @@ pub async fn run(settings: Settings, args: SubmitArgs) -> anyhow::Result<()> {
         &args.run,
         &run_records::operator(),
         &source,
-        args.abort_share,
+        &args.own(),
     )
     .await
     {

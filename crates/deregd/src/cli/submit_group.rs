@@ -33,7 +33,7 @@ pub(crate) async fn run(settings: Settings, args: SubmitArgs) -> anyhow::Result<
         &args.run,
         &run_records::operator(),
         &source,
-        args.abort_share,
+        &args.own(),
     )
     .await
     {

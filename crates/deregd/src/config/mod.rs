@@ -220,6 +220,21 @@ pub struct WorkerSettings {
     /// Drain time on SIGTERM, on top of the request timeout.
     #[serde(rename = "shutdown_grace_secs", with = "secs")]
     pub shutdown_grace: Duration,
+    /// Maintenance windows (`"Mon-Fri 01:00-06:00"`): outside every one, no call is made.
+    /// Empty: always. A run may have its own (`submit --window`, `deregd schedule`).
+    pub windows: Vec<String>,
+    /// The IANA time zone the windows are read in.
+    pub timezone: String,
+}
+
+impl WorkerSettings {
+    /// The maintenance windows, as validated.
+    pub fn schedule(&self) -> Result<crate::schedule::Schedule, ConfigError> {
+        crate::schedule::Schedule::parse(&self.windows, &self.timezone).map_err(|e| match e {
+            crate::schedule::ScheduleError::Zone(_) => bad("worker.timezone", e.to_string()),
+            crate::schedule::ScheduleError::Spec { .. } => bad("worker.windows", e.to_string()),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

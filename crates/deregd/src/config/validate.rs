@@ -55,6 +55,7 @@ impl Settings {
                 ),
             ));
         }
+        self.worker.schedule()?;
         if self.database.path.as_os_str().is_empty() {
             return Err(bad("database.path", "must not be empty"));
         }

@@ -47,8 +47,31 @@ impl Completion {
     }
 }
 
+/// Which due jobs a claim leaves alone (besides those of paused runs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimFilter {
+    /// Instances not to claim (paused ones).
+    pub instances: Vec<String>,
+    /// Runs not to claim (outside their own maintenance windows).
+    pub runs: Vec<String>,
+    /// When set, only these runs (the configured windows are closed; these have their own).
+    pub only_runs: Option<Vec<String>>,
+}
+
+impl ClaimFilter {
+    /// The instances, the runs and the only runs as JSON arrays, for `json_each`.
+    fn as_json(&self) -> (String, String, Option<String>) {
+        let json = |v: &Vec<String>| serde_json::to_string(v).expect("strings serialize");
+        (
+            json(&self.instances),
+            json(&self.runs),
+            self.only_runs.as_ref().map(json),
+        )
+    }
+}
+
 /// Claims up to `limit` due jobs for `owner`, leased until `lease_until` (unix ms), in queue
-/// order. Jobs of the instances in `excluded` (paused ones) are left alone.
+/// order, leaving alone those of paused runs and those `filter` names.
 ///
 /// The due jobs come back as ONE row (a JSON array), read and leased in one `BEGIN IMMEDIATE`
 /// transaction: sqlx hands rows over from SQLite's thread one by one, and a claim of hundreds of
@@ -61,10 +84,10 @@ pub async fn claim(
     owner: &str,
     limit: i64,
     lease_until: i64,
-    excluded: &[String],
+    filter: &ClaimFilter,
 ) -> sqlx::Result<Vec<Job>> {
     let now = now_ms();
-    let excluded = serde_json::to_string(excluded).expect("strings serialize");
+    let (excluded, held, only) = filter.as_json();
     let (rows, _) = db
         .write(async |conn| {
             let due: Vec<u8> = sqlx::query_scalar(
@@ -77,11 +100,15 @@ pub async fn claim(
                        WHERE status = 'pending' AND next_attempt_at <= ?1
                          AND instance_id NOT IN (SELECT value FROM json_each(?3))
                          AND run NOT IN (SELECT label FROM runs WHERE state = 'paused')
+                         AND run NOT IN (SELECT value FROM json_each(?4))
+                         AND (?5 IS NULL OR run IN (SELECT value FROM json_each(?5)))
                        ORDER BY next_attempt_at, id LIMIT ?2)",
             )
             .bind(now)
             .bind(limit)
             .bind(&excluded)
+            .bind(&held)
+            .bind(&only)
             .fetch_one(&mut *conn)
             .await?;
             let due = crate::job::lossy(due);
@@ -260,13 +287,19 @@ pub async fn rescue_all(db: &Store) -> sqlx::Result<u64> {
     .await
 }
 
-/// The earliest `next_attempt_at` among pending jobs (unix ms), if any is pending.
-pub async fn next_due(db: &Store) -> sqlx::Result<Option<i64>> {
+/// The earliest `next_attempt_at` among the pending jobs a claim with `filter`'s runs may take
+/// (unix ms), if any is pending.
+pub async fn next_due(db: &Store, filter: &ClaimFilter) -> sqlx::Result<Option<i64>> {
+    let (_, held, only) = filter.as_json();
     sqlx::query_scalar(
         "SELECT next_attempt_at FROM jobs WHERE status = 'pending'
              AND run NOT IN (SELECT label FROM runs WHERE state = 'paused')
+             AND run NOT IN (SELECT value FROM json_each(?1))
+             AND (?2 IS NULL OR run IN (SELECT value FROM json_each(?2)))
          ORDER BY next_attempt_at LIMIT 1",
     )
+    .bind(held)
+    .bind(only)
     .fetch_optional(&db.reader)
     .await
 }

@@ -53,6 +53,8 @@ pub struct RunRecord {
     pub state_reason: Option<String>,
     /// Unix ms.
     pub state_changed_at: i64,
+    /// Its own maintenance windows, if any.
+    pub windows: Option<Vec<String>>,
 }
 
 type Row = (
@@ -63,9 +65,12 @@ type Row = (
     String,
     Option<String>,
     i64,
+    Option<String>,
 );
 
-fn record((label, created_at, created_by, source, state, state_reason, changed): Row) -> RunRecord {
+fn record(
+    (label, created_at, created_by, source, state, state_reason, changed, windows): Row,
+) -> RunRecord {
     RunRecord {
         label,
         created_at,
@@ -74,22 +79,25 @@ fn record((label, created_at, created_by, source, state, state_reason, changed):
         state: RunState::parse(&state),
         state_reason,
         state_changed_at: changed,
+        windows: windows.map(|w| windows_from(&w).unwrap_or_default()),
     }
 }
 
-const COLUMNS: &str =
-    "label, created_at, created_by, source, state, state_reason, state_changed_at";
+const COLUMNS: &str = "label, created_at, created_by, source, state, state_reason, \
+    state_changed_at, CASE typeof(windows) WHEN 'text' THEN windows END";
 
 /// Records the run `label` as a submit starts it. A run that exists keeps its record; one that
 /// was `done` or `cancelled` is `active` again, since jobs are being added to it.
-/// With `abort_share`, the run's own abort rule share (kept by later submits without one).
+/// With `own`, the run's own settings (those a later submit leaves unset are kept).
 pub(crate) async fn open(
     store: &Store,
     label: &str,
     created_by: &str,
     source: &str,
-    abort_share: Option<f64>,
+    own: &OwnSettings,
 ) -> sqlx::Result<()> {
+    let abort_share = own.abort_share;
+    let windows = own.windows_json();
     store
         .write(async |conn| {
             sqlx::query(
@@ -114,31 +122,93 @@ pub(crate) async fn open(
                     .execute(&mut *conn)
                     .await?;
             }
+            if let Some(windows) = &windows {
+                sqlx::query("UPDATE runs SET windows = ?2 WHERE label = ?1")
+                    .bind(label)
+                    .bind(windows)
+                    .execute(&mut *conn)
+                    .await?;
+            }
             Ok(())
         })
         .await
 }
 
+/// A run's own settings, over the configured ones.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OwnSettings {
+    /// Its abort rule share.
+    pub abort_share: Option<f64>,
+    /// Its maintenance windows (specs, read in `worker.timezone`).
+    pub windows: Option<Vec<String>>,
+}
+
+impl OwnSettings {
+    fn windows_json(&self) -> Option<String> {
+        self.windows
+            .as_ref()
+            .map(|w| serde_json::to_string(w).expect("strings serialize"))
+    }
+}
+
+/// Sets (or with `None` clears) the run's own maintenance windows.
+pub(crate) async fn set_windows(
+    store: &Store,
+    label: &str,
+    windows: Option<&[String]>,
+) -> sqlx::Result<bool> {
+    let json = windows.map(|w| serde_json::to_string(w).expect("strings serialize"));
+    Ok(store
+        .execute(
+            sqlx::query("UPDATE runs SET windows = ?2 WHERE label = ?1")
+                .bind(label)
+                .bind(json),
+        )
+        .await?
+        .rows_affected()
+        > 0)
+}
+
 /// What the dispatcher needs of the runs: which are paused and why, and the runs' own abort
-/// shares.
+/// shares and windows.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunControls {
     pub paused: BTreeMap<String, String>,
     pub abort_share: BTreeMap<String, f64>,
+    /// The open runs' own windows; a value that is not a list of strings (typed by hand) is an
+    /// empty list with the reason, and holds the run.
+    pub windows: BTreeMap<String, Result<Vec<String>, String>>,
+}
+
+/// A `runs.windows` value as specs.
+pub(crate) fn windows_from(json: &str) -> Result<Vec<String>, String> {
+    serde_json::from_str(json)
+        .map_err(|_| format!("runs.windows is not a JSON list of window specs: {json:.80}"))
 }
 
 /// The [`RunControls`] as the database holds them now.
+/// A run's controls: label, state, reason, abort share, windows (JSON).
+type ControlRow = (String, String, Option<String>, Option<f64>, Option<String>);
+
 pub(crate) async fn controls(store: &Store) -> sqlx::Result<RunControls> {
-    let rows: Vec<(String, String, Option<String>, Option<f64>)> = sqlx::query_as(
-        "SELECT label, state, state_reason, abort_failure_share FROM runs
-         WHERE state = 'paused' OR abort_failure_share IS NOT NULL",
+    let rows: Vec<ControlRow> = sqlx::query_as(
+        "SELECT label, state, state_reason, abort_failure_share,
+                CASE typeof(windows) WHEN 'text' THEN windows END
+         FROM runs
+         WHERE state = 'paused' OR abort_failure_share IS NOT NULL
+            OR (windows IS NOT NULL AND state IN ('active', 'paused'))",
     )
     .fetch_all(&store.reader)
     .await?;
     let mut controls = RunControls::default();
-    for (label, state, reason, share) in rows {
+    for (label, state, reason, share, windows) in rows {
         if let Some(share) = share {
             controls.abort_share.insert(label.clone(), share);
+        }
+        if let Some(windows) = windows {
+            controls
+                .windows
+                .insert(label.clone(), windows_from(&windows));
         }
         if state == "paused" {
             controls.paused.insert(label, reason.unwrap_or_default());

@@ -110,15 +110,15 @@ impl Buffer {
         owner: &str,
         want: usize,
         lease: Duration,
-        excluded: Vec<String>,
+        filter: jobs::ClaimFilter,
     ) {
         let (store, owner) = (store.clone(), owner.to_string());
         self.claiming = Some(tokio::spawn(async move {
             let lease_until = now_ms() + lease.as_millis() as i64;
-            let jobs = jobs::claim(&store, &owner, want as i64, lease_until, &excluded).await;
+            let jobs = jobs::claim(&store, &owner, want as i64, lease_until, &filter).await;
             let (mut next_due, mut open) = (None, true);
             if jobs.as_ref().is_ok_and(Vec::is_empty) {
-                next_due = jobs::next_due(&store).await.ok().flatten();
+                next_due = jobs::next_due(&store, &filter).await.ok().flatten();
                 open = jobs::has_open_jobs(&store).await.unwrap_or(true);
             }
             Claimed {

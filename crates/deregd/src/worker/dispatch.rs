@@ -16,6 +16,7 @@ use super::pause::{Gate, PauseReason, Pauses};
 use super::recorder::{Done, Unrecorded};
 use super::runs::RunGate;
 use super::stats::Shared;
+use super::windows::WindowGate;
 use super::RunOptions;
 use crate::api::http::StampedEmpty;
 use crate::api::{Action, ApiClient};
@@ -27,7 +28,8 @@ use crate::outcome::{
     classify, completion_for, metric_code, Classified, Outcome, PauseScope, STALE_CREDENTIALS_HINT,
 };
 use crate::pacing::{Acquired, Ceilings, Pacer, Permit, Route};
-use crate::store::jobs::Completion;
+use crate::schedule::Schedule;
+use crate::store::jobs::{ClaimFilter, Completion};
 use crate::store::Store;
 
 /// The longest a wait lasts: the turn of the loop is the watchdog's pulse.
@@ -80,6 +82,10 @@ pub(crate) struct Dispatcher {
     credentials: watch::Receiver<crate::credentials::State>,
     /// Which runs are paused, and the abort rule.
     runs: RunGate,
+    /// Which runs are outside their maintenance windows.
+    windows: WindowGate,
+    /// New configured windows (SIGHUP).
+    schedule_rx: watch::Receiver<Schedule>,
     shared: Shared,
 }
 
@@ -104,6 +110,13 @@ impl Dispatcher {
             pauses: Pauses::new(limits.pause_probe),
             probe: shared.probe(),
             runs: RunGate::new(&shared),
+            windows: WindowGate::new(
+                settings
+                    .worker
+                    .schedule()
+                    .expect("the settings were validated when loaded"),
+            ),
+            schedule_rx: shared.schedule(),
             limits_rx,
             store,
             client,
@@ -141,6 +154,7 @@ impl Dispatcher {
                 Step::Send { index, permit } => self.send(index, permit),
                 Step::Stop(result) => return result,
                 Step::Pace(until) => {
+                    let until = self.until_window_change(until);
                     tokio::select! {
                         _ = tokio::time::sleep_until(until) => {}
                         _ = &mut *recorder => {}
@@ -148,6 +162,7 @@ impl Dispatcher {
                     }
                 }
                 Step::Wait(until) => {
+                    let until = self.until_window_change(until);
                     tokio::select! {
                         Some(result) = self.results_rx.recv() => self.handle(result),
                         claimed = self.buffer.claim_done() => self.take_claim(claimed),
@@ -157,6 +172,8 @@ impl Dispatcher {
                         _ = self.fatal.changed() => {}
                         _ = self.credentials.changed() => { self.credentials.borrow_and_update(); }
                         _ = self.runs.changed() => {}
+                        // `changed` marks the value seen; the step takes it.
+                        _ = self.schedule_rx.changed() => self.schedule_rx.mark_changed(),
                         _ = &mut *recorder => {}
                         _ = shutdown.cancelled() => {}
                         _ = tokio::time::sleep_until(until) => self.buffer.wake(),
@@ -198,8 +215,21 @@ impl Dispatcher {
         if self.limits_rx.has_changed().unwrap_or(false) {
             self.reload();
         }
-        if self.runs.refresh() {
-            self.release_paused_runs();
+        let mut held_changed = self.runs.refresh();
+        if held_changed {
+            self.windows.set_runs(self.runs.windows());
+        }
+        if self.schedule_rx.has_changed().unwrap_or(false) {
+            let schedule = self.schedule_rx.borrow_and_update().clone();
+            tracing::info!(worker.windows = %schedule.describe(), "reloaded maintenance windows");
+            self.windows.set_configured(schedule);
+        }
+        if self.windows.evaluate(now_ms()) {
+            held_changed = true;
+            self.sync_windows();
+        }
+        if held_changed {
+            self.release_held_runs();
         }
         let now = Instant::now();
         let longest = now + LONGEST_WAIT;
@@ -228,16 +258,26 @@ impl Dispatcher {
             Gate::Probe if self.in_flight > 0 => return Step::Wait(longest),
             Gate::Probe | Gate::Open => {}
         }
+        if !self.windows.any_open() {
+            // Outside every window: no claim and no call; answers, reloads and the next
+            // opening still wake the loop.
+            return Step::Wait(longest);
+        }
         let target = self.refill_target();
         if self.buffer.len() < target.div_ceil(2) && self.buffer.may_claim(now) {
-            let excluded = self.pauses.paused_instances().map(str::to_string).collect();
+            let runs = self.windows.filter();
+            let filter = ClaimFilter {
+                instances: self.pauses.paused_instances().map(str::to_string).collect(),
+                runs: runs.held,
+                only_runs: runs.only,
+            };
             let want = target - self.buffer.len();
             self.buffer.start(
                 &self.store,
                 &self.owner,
                 want,
                 self.settings.worker.lease,
-                excluded,
+                filter,
             );
         }
         if self.buffer.is_empty() {
@@ -305,7 +345,7 @@ impl Dispatcher {
                 if !paused.is_empty() {
                     self.release(|j| paused.contains(&j.instance_id));
                 }
-                self.release_paused_runs();
+                self.release_held_runs();
                 None
             }
         };
@@ -492,20 +532,51 @@ impl Dispatcher {
     fn abort_rule(&mut self, run: &str, status: Status, code: Option<&str>) {
         let limits = &self.settings.limits;
         if let Some(reason) = self.runs.answer(&self.store, run, status, code, limits) {
-            self.release_paused_runs();
+            self.release_held_runs();
             self.shared.update(|s| {
                 s.paused_runs.insert(run.to_string(), reason);
             });
         }
     }
 
-    /// Returns the buffered jobs of paused runs to pending (calls in flight finish).
-    fn release_paused_runs(&mut self) {
-        if self.runs.paused().is_empty() {
+    /// Returns the buffered jobs of paused runs, and of runs outside their maintenance
+    /// windows, to pending (calls in flight finish).
+    fn release_held_runs(&mut self) {
+        if self.runs.paused().is_empty() && !self.windows.holds_any() {
             return;
         }
         let paused = self.runs.paused().clone();
-        self.release(|j| paused.contains(&j.run));
+        let windows = &self.windows;
+        let held: Vec<Job> = self
+            .buffer
+            .drain_where(|j| paused.contains(&j.run) || windows.holds(&j.run));
+        for job in held {
+            self.finish(Completion::new(&job, Status::Pending), false);
+        }
+    }
+
+    /// Publishes the windows' state for status, metrics and the STATUS line.
+    fn sync_windows(&self) {
+        let outside = self.windows.outside(now_ms());
+        let runs = self.windows.held_runs().clone();
+        if let Some(why) = &outside {
+            tracing::info!("{why}: no call until then");
+        }
+        self.shared.update(|s| {
+            s.outside_window = outside;
+            s.runs_outside_window = runs;
+        });
+    }
+
+    /// `until`, or the next opening or closing of a window when that comes first.
+    fn until_window_change(&self, until: Instant) -> Instant {
+        match self.windows.next_change() {
+            Some(at) => {
+                let wait = Duration::from_millis((at - now_ms()).max(0) as u64);
+                until.min(Instant::now() + wait)
+            }
+            None => until,
+        }
     }
 
     /// Returns the buffered jobs `which` picks to pending.

@@ -101,6 +101,13 @@ fn heartbeat(shared: &Shared, owner: &str) -> Heartbeat {
             .iter()
             .map(|(run, why)| format!("run {run:?} paused: {why}")),
     );
+    problems.extend(stats.outside_window.clone());
+    problems.extend(
+        stats
+            .runs_outside_window
+            .iter()
+            .map(|(run, why)| format!("run {run:?} {why}")),
+    );
     problems.extend(stats.store_problems().into_iter().map(str::to_string));
     Heartbeat {
         owner: owner.to_string(),

@@ -13,6 +13,7 @@ mod pause;
 mod recorder;
 mod runs;
 mod stats;
+mod windows;
 
 use std::time::Duration;
 

@@ -201,7 +201,7 @@ mod tests {
         crate::store::submit::submit(&store, &[("post-cn-0pp12gl0001", "GID_test@@@d1")], "r")
             .await
             .unwrap();
-        let jobs = jobs::claim(&store, "owner", 10, now_ms() + 60_000, &[])
+        let jobs = jobs::claim(&store, "owner", 10, now_ms() + 60_000, &Default::default())
             .await
             .unwrap();
         assert_eq!(jobs.len(), 1);

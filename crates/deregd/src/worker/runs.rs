@@ -21,6 +21,8 @@ pub(crate) struct RunGate {
     rx: watch::Receiver<RunControls>,
     paused: BTreeSet<String>,
     abort_share: BTreeMap<String, f64>,
+    /// The runs' own maintenance windows.
+    windows: BTreeMap<String, Result<Vec<String>, String>>,
     aborts: Aborts,
     /// Runs the abort rule paused whose pause the database may not hold yet.
     tripped: BTreeSet<String>,
@@ -37,6 +39,7 @@ impl RunGate {
             rx,
             paused: BTreeSet::new(),
             abort_share: BTreeMap::new(),
+            windows: BTreeMap::new(),
             aborts: Aborts::default(),
             tripped: BTreeSet::new(),
             writes: Vec::new(),
@@ -48,6 +51,8 @@ impl RunGate {
         if self.rx.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
+        // `changed` marks the value seen; `refresh` is what takes it.
+        self.rx.mark_changed();
     }
 
     /// Takes the controls the heartbeat read, if new. True when it took them.
@@ -67,7 +72,13 @@ impl RunGate {
         self.paused = controls.paused.into_keys().collect();
         self.paused.extend(self.tripped.iter().cloned());
         self.abort_share = controls.abort_share;
+        self.windows = controls.windows;
         true
+    }
+
+    /// The runs' own maintenance windows.
+    pub(crate) fn windows(&self) -> &BTreeMap<String, Result<Vec<String>, String>> {
+        &self.windows
     }
 
     /// The runs whose jobs are not to be called.

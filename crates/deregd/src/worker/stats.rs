@@ -9,6 +9,7 @@ use tokio::sync::{watch, Notify};
 
 use super::pause::PauseReason;
 use crate::config::LimitsSettings;
+use crate::schedule::Schedule;
 use crate::store::run_records::RunControls;
 
 /// Live counters, shared with status lines and metrics.
@@ -37,6 +38,11 @@ pub struct DispatchStats {
     pub paused_instances: BTreeMap<String, PauseReason>,
     /// Paused runs (`deregd pause --run`) and why.
     pub paused_runs: BTreeMap<String, String>,
+    /// `outside maintenance window, next opens Tue 01:00 CST` while `worker.windows` are
+    /// closed.
+    pub outside_window: Option<String>,
+    /// Runs held by their own maintenance windows, and why.
+    pub runs_outside_window: BTreeMap<String, String>,
     /// Why outcomes cannot be written now (`outcomes not recorded: <error>`), if they cannot.
     pub recording: Option<String>,
     /// Why jobs cannot be claimed now, if they cannot.
@@ -65,6 +71,8 @@ pub struct Shared {
     probe: Arc<Notify>,
     /// The runs' pauses and abort shares as the heartbeat last read them from the database.
     runs: Arc<watch::Sender<RunControls>>,
+    /// The configured maintenance windows; a SIGHUP sends new ones.
+    schedule: Arc<watch::Sender<Schedule>>,
 }
 
 impl Shared {
@@ -74,6 +82,7 @@ impl Shared {
             limits: Arc::new(watch::channel(limits.clone()).0),
             probe: Arc::default(),
             runs: Arc::new(watch::channel(RunControls::default()).0),
+            schedule: Arc::new(watch::channel(Schedule::always()).0),
         }
     }
 
@@ -100,6 +109,15 @@ impl Shared {
     pub fn reload(&self, limits: LimitsSettings) {
         self.limits.send_replace(limits);
         self.probe.notify_one();
+    }
+
+    /// New maintenance windows (SIGHUP): in force at the loop's next turn.
+    pub fn reload_schedule(&self, schedule: Schedule) {
+        self.schedule.send_replace(schedule);
+    }
+
+    pub(crate) fn schedule(&self) -> watch::Receiver<Schedule> {
+        self.schedule.subscribe()
     }
 
     /// Probes a paused dispatch at once, limits unchanged.

@@ -13,4 +13,5 @@ mod runs;
 mod service;
 mod store_faults;
 mod typed_rows;
+mod windows;
 mod worker;
