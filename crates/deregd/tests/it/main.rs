@@ -3,6 +3,7 @@
 
 mod adversity;
 mod cli;
+mod clock_step;
 mod common;
 mod credentials;
 mod groups;
