@@ -267,10 +267,22 @@ pub(crate) async fn cpu_exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()
     CPU.write().await
 }
 
-/// A loopback port nothing listens on (at the moment of asking).
+/// A loopback port nothing listens on, and that nothing else in this test process will be
+/// handed: ports come in turn from below the kernel's ephemeral range (where every port-0
+/// bind, each test's emulator among them, is given its port), so a port left free on purpose
+/// (an endpoint that is down) is not taken meanwhile by another test's listener.
 pub(crate) fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() * 97 % SPAN;
+    loop {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Peak resident memory of process `pid`, KiB (`VmHWM`).

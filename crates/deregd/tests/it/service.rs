@@ -151,10 +151,7 @@ async fn metrics_are_served_in_prometheus_format() {
     let app = spawn_app(EmulatorSettings::default()).await;
     app.insert(INSTANCE, &devices("d", 50)).await;
     app.insert(INSTANCE, &["GID_bad".to_string()]).await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut cmd = deregd(&app);
     cmd.arg("run")
         .env("DEREGD_METRICS__LISTEN", format!("127.0.0.1:{port}"));

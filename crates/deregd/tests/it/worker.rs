@@ -102,9 +102,7 @@ async fn an_unreachable_api_pauses_dispatch_and_spends_no_attempt() {
     let _cpu = cpu_shared().await;
     let mut app = spawn_app(EmulatorSettings::default()).await;
     // Nothing listens on this port.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = free_port();
     app.settings.api.endpoint = format!("http://127.0.0.1:{port}");
     app.settings.retry.max_attempts = 2;
     app.insert(INSTANCE, &devices("d", 20)).await;
